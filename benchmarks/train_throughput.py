@@ -4,7 +4,9 @@
 (~11.4k examples). The first epoch is warm-up; validation is switched off so that only
 training steps are timed.
 
-    python benchmarks/train_throughput.py [--epochs 5] [--task sort]
+    python benchmarks/train_throughput.py [--epochs 5] [--task sort] [--profile]
+
+``--profile`` also prints where one epoch's time goes, by operator and input shape.
 """
 
 from __future__ import annotations
@@ -14,16 +16,22 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
 from _common import emit
+from torch.profiler import profile
 
+from tprog.rundir import Run
 from tprog.tasks import task_config
-from tprog.train import resolve, train
+from tprog.tasks.registry import get_task
+from tprog.train import Tensors, _train_epoch, resolve, train
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", default="sort")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     overrides = {
         "train.epochs": args.epochs + 1,
@@ -47,6 +55,26 @@ def main() -> None:
         seconds_per_epoch=round(per_epoch, 4),
         examples_per_s=round(len(dataset.train) / per_epoch, 1),
     )
+    if args.profile:
+        print_profile(config, dataset)
+
+
+def print_profile(config, dataset) -> None:
+    """One training epoch (after one of warm-up) under the torch profiler."""
+    run = Run(None, config, get_task(config.task), dataset.vocab, dataset.labels)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = run.new_model(generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    generators = {"data": generator, "noise": torch.Generator().manual_seed(config.seed)}
+    data = Tensors.of(dataset.train, "cpu")
+    taus = np.full(10**6, config.train.tau_start)
+    _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators)
+    with profile(record_shapes=True) as prof:
+        _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators)
+    table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=28
+    )
+    print(table)
 
 
 if __name__ == "__main__":

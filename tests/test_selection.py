@@ -50,7 +50,7 @@ def test_hard_attention_follows_the_closest_match_rule(n: int, causal: bool) -> 
             ],
         ).float()  # [3 variables, S, n, k]
         lengths = torch.full((batch,), length)
-        selected = head(cat, allowed_keys(lengths, n, causal), None)[0].argmax(-1)  # [S, n]
+        selected = head([cat], allowed_keys(lengths, n, causal), None)[0].argmax(-1)  # [S, n]
         for s, subset in enumerate(subsets):
             matching = {j for j, bit in enumerate(subset) if bit}
             expected = [rule(i, matching, length, causal) for i in range(length)]

@@ -8,6 +8,7 @@ are evaluated as their lookup tables, so model and extracted program share one d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,30 +55,70 @@ def selection_bias(n_ctx: int) -> torch.Tensor:
     return -rank.float() / (2 * n_ctx)
 
 
-def read_vars(stream: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mix variables of a variable-major stream: ``[V, *rest]`` x ``[R, V]`` -> ``[R, *rest]``.
+def read_vars(chunks: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Mix variables of a variable-major stream: chunks ``[V_c, *rest]`` x ``[R, sum V_c]`` ->
+    ``[R, *rest]``.
 
-    One GEMM over the flattened stream, with no copies: the reason the stream is variable-major.
+    The stream is the concatenation of its chunks along dim 0, never materialised: each chunk
+    is one GEMM over its flattened rows (no copies, which is why the stream is variable-major),
+    and the layer appending a chunk does not copy the ones before it.
     """
-    return (weights @ stream.reshape(stream.shape[0], -1)).view(weights.shape[0], *stream.shape[1:])
+    rest = chunks[0].shape[1:]
+    out, start = None, 0
+    for chunk in chunks:
+        rows = chunk.reshape(chunk.shape[0], -1)  # [V_c, prod(rest)], a view
+        part = weights[:, start : start + chunk.shape[0]]
+        out = part @ rows if out is None else torch.addmm(out, part, rows)
+        start += chunk.shape[0]
+    return out.view(weights.shape[0], *rest)
 
 
-def pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ bᵀ`` over the last dim: ``[..., N, k] x [..., M, k] -> [..., N, M]``.
+class _BatchedMatmul(torch.autograd.Function):
+    """``a @ b`` over a flat batch: ``[Z, n, m] x [Z, m, p] -> [Z, n, p]``.
 
-    For tiny matrices (N, k ~ 8) broadcasting and summing is ~3x faster than a batched matmul;
-    from N, k ~ 16 on the matmul is ~3x faster. Both are exact on 0/1 inputs (hard mode).
+    The same product as ``torch.bmm`` (plus an optional bias ``[Z, p]``), with a backward that
+    hands bmm contiguous operands and transposes the smaller side. Autograd's own bmm backward
+    multiplies strided views, which on the thousands of 8x8 matrices of an attention layer is
+    about 10x slower than this, and for an MLP's weight gradient copies the large
+    ``[rows, d_mlp]`` activations.
     """
-    if a.shape[-2] * a.shape[-1] <= 64:
-        return (a.unsqueeze(-2) * b.unsqueeze(-3)).sum(-1)
-    return a @ b.transpose(-1, -2)
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        # bias [Z, p] broadcast over rows; fused into the product when present
+        return torch.bmm(a, b) if bias is None else torch.baddbmm(bias.unsqueeze(1), a, b)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:  # grad @ bᵀ
+            grad_a = torch.bmm(grad, b.transpose(1, 2).contiguous())
+        if ctx.needs_input_grad[1]:  # aᵀ @ grad, or (gradᵀ @ a)ᵀ when a is the larger
+            if a.numel() > grad.numel():
+                grad_b = torch.bmm(grad.transpose(1, 2).contiguous(), a).transpose(1, 2)
+            else:
+                grad_b = torch.bmm(a.transpose(1, 2).contiguous(), grad)
+        grad_bias = grad.sum(1) if ctx.needs_input_grad[2] else None
+        return grad_a, grad_b, grad_bias
 
 
-def weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``weights @ values``: ``[..., N, M] x [..., M, k] -> [..., N, k]``, sized as `pairwise`."""
-    if weights.shape[-1] * values.shape[-1] <= 64:
-        return (weights.unsqueeze(-1) * values.unsqueeze(-3)).sum(-2)
-    return weights @ values
+def batched_matmul(
+    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``a @ b (+ bias)`` over the last two dims: ``[..., n, m] x [..., m, p] (+ [..., p])
+    -> [..., n, p]``.
+
+    Exact on 0/1 inputs (hard mode): every entry is a sum of at most ``m`` products of 0/1.
+    """
+    batch = a.shape[:-2]
+    flat_bias = None if bias is None else bias.reshape(-1, bias.shape[-1])
+    out = _BatchedMatmul.apply(
+        a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]).contiguous(), flat_bias
+    )
+    return out.view(*batch, a.shape[-2], b.shape[-1])
 
 
 def _match(
@@ -88,8 +129,10 @@ def _match(
     q, key: [H, B, N, k]; predicate: [H, k, k]; allowed: [1, B, N, N] -> [H, B, N, N].
     """
     heads, batch, n, k = q.shape
-    wanted = (q.view(heads, batch * n, k) @ predicate).view(q.shape)  # the key value wanted
-    return pairwise(wanted, key) * allowed
+    wanted = batched_matmul(q.view(heads, batch * n, k), predicate).view(
+        q.shape
+    )  # the key value wanted
+    return batched_matmul(wanted, key.transpose(-1, -2)) * allowed
 
 
 class CatAttention(nn.Module):
@@ -102,16 +145,18 @@ class CatAttention(nn.Module):
         self.predicate = random_parameter((n_heads, d_var, d_var), 1 / math.sqrt(d_var), generator)
         self.register_buffer("bias", selection_bias(n_ctx), persistent=False)
 
-    def forward(self, cat: torch.Tensor, allowed: torch.Tensor, sampling: Sampling | None):
-        # cat: [V, B, N, k] -> q/key/value: [H, B, N, k] each
-        q, key, value = read_vars(cat, self.read(sampling)).view(3, self.n_heads, *cat.shape[1:])
+    def forward(
+        self, cat: Sequence[torch.Tensor], allowed: torch.Tensor, sampling: Sampling | None
+    ):
+        # cat: chunks [V_c, B, N, k] -> q/key/value: [H, B, N, k] each
+        q, key, value = read_vars(cat, self.read(sampling)).view(3, self.n_heads, *cat[0].shape[1:])
         match = _match(q, choose(self.predicate, sampling), key, allowed)
         # BOS default: where nothing matches, position 0 gets a full match. Exact in hard
         # mode (total/(total+1e-10) is exactly 1.0 for any total >= 1 in float32).
         total = match.sum(-1, keepdim=True)
         to_bos = F.relu(1.0 - total / (total + 1e-10))
         match = torch.cat([match[..., :1] + to_bos, match[..., 1:]], dim=-1)
-        n = cat.shape[2]
+        n = allowed.shape[-1]
         scores = torch.log(match + _EPS) + self.bias[:n, :n]
         scores = scores.masked_fill(~allowed, -1e30)
         if sampling is None:
@@ -119,7 +164,7 @@ class CatAttention(nn.Module):
         else:
             attention = choose(scores / math.sqrt(self.d_var), sampling)
         # [H, B, N, N] x [H, B, N, k] -> [H, B, N, k]: H new categorical variables
-        return weighted_sum(attention, value)
+        return batched_matmul(attention, value)
 
     def chosen(self) -> dict[str, list]:
         reads = self.read.chosen()
@@ -143,8 +188,9 @@ class NumAttention(nn.Module):
         self.predicate = random_parameter((n_heads, d_var, d_var), 1 / math.sqrt(d_var), generator)
 
     def forward(self, cat, num, allowed, sampling: Sampling | None) -> torch.Tensor:
-        # cat: [V, B, N, k], num: [U, B, N] -> q/key: [H, B, N, k], value: [H, B, N]
-        q, key = read_vars(cat, self.read(sampling)).view(2, self.n_heads, *cat.shape[1:])
+        # cat: chunks [V_c, B, N, k], num: chunks [U_c, B, N]
+        # -> q/key: [H, B, N, k], value: [H, B, N]
+        q, key = read_vars(cat, self.read(sampling)).view(2, self.n_heads, *cat[0].shape[1:])
         value = read_vars(num, self.read_value(sampling))
         match = _match(q, choose(self.predicate, sampling), key, allowed)
         return (match * value.unsqueeze(2)).sum(-1)  # [H, B, N]: H new numerical variables
@@ -173,8 +219,8 @@ class _MLPs(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x: [M, rows, 2*d_in] -> [M, rows, d_var]."""
-        hidden = F.relu(torch.baddbmm(self.b_in.unsqueeze(1), x, self.w_in))
-        return torch.baddbmm(self.b_out.unsqueeze(1), hidden, self.w_out)
+        hidden = F.relu(batched_matmul(x, self.w_in, self.b_in))
+        return batched_matmul(hidden, self.w_out, self.b_out)
 
     def soft(self, inputs: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         """inputs: [M, 2, B, N, d_in] -> [M, B, N, d_var] relaxed one-hot outputs."""
@@ -193,14 +239,14 @@ class CatMLP(_MLPs):
         super().__init__(n_mlps, n_vars, d_var, d_mlp, d_var, generator)
 
     def forward(self, cat, sampling: Sampling | None, tables: torch.Tensor | None = None):
-        # cat: [V, B, N, k] -> inputs [M, 2, B, N, k]
-        inputs = read_vars(cat, self.read(sampling)).view(self.n_mlps, 2, *cat.shape[1:])
+        # cat: chunks [V_c, B, N, k] -> inputs [M, 2, B, N, k]
+        inputs = read_vars(cat, self.read(sampling)).view(self.n_mlps, 2, *cat[0].shape[1:])
         if sampling is not None:
             return self.soft(inputs, sampling)
         tables = self.tables() if tables is None else tables
         a, b = inputs.argmax(-1).unbind(1)  # [M, B, N] each
         out = tables[torch.arange(self.n_mlps).view(-1, 1, 1), a, b]
-        return F.one_hot(out, self.d_var).to(cat.dtype)
+        return F.one_hot(out, self.d_var).to(cat[0].dtype)
 
     @torch.no_grad()
     def tables(self) -> torch.Tensor:
@@ -228,8 +274,8 @@ class NumMLP(_MLPs):
         super().__init__(n_mlps, n_vars, 1, d_mlp, d_var, generator)
 
     def forward(self, num, sampling: Sampling | None, tables: list | None = None):
-        # num: [U, B, N] -> inputs [M, 2, B, N]
-        inputs = read_vars(num, self.read(sampling)).view(self.n_mlps, 2, *num.shape[1:])
+        # num: chunks [U_c, B, N] -> inputs [M, 2, B, N]
+        inputs = read_vars(num, self.read(sampling)).view(self.n_mlps, 2, *num[0].shape[1:])
         if sampling is not None:
             return self.soft(inputs.unsqueeze(-1), sampling)
         values = inputs.long()  # exact: hard-mode numerical values are small integers
@@ -238,14 +284,14 @@ class NumMLP(_MLPs):
             # present, without enumerating a possibly huge domain. Programs use the tables.
             flat = values.view(self.n_mlps, 2, -1).transpose(1, 2).float()
             outs = torch.stack([self._one(flat[m], m) for m in range(self.n_mlps)])
-            return F.one_hot(outs.view(self.n_mlps, *num.shape[1:]), self.d_var).to(num.dtype)
+            return F.one_hot(outs.view(self.n_mlps, *inputs.shape[2:]), self.d_var).to(inputs.dtype)
         outs = []
         for m, (lows, table) in enumerate(tables):
             a, b = values[m, 0] - lows[0], values[m, 1] - lows[1]
             if a.min() < 0 or b.min() < 0 or a.max() >= table.shape[0] or b.max() >= table.shape[1]:
                 raise ValueError(f"numerical MLP {m}: input outside its derived bounds")
             outs.append(table[a, b])
-        return F.one_hot(torch.stack(outs), self.d_var).to(num.dtype)  # [M, B, N, k]
+        return F.one_hot(torch.stack(outs), self.d_var).to(inputs.dtype)  # [M, B, N, k]
 
     @torch.no_grad()
     def tables(self, bounds: list[Bounds], chunk: int = 1 << 16) -> list:

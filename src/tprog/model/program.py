@@ -9,9 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tprog.model.layers import Bounds, CatAttention, CatMLP, NumAttention, NumMLP, random_parameter
+from tprog.model.layers import (
+    Bounds,
+    CatAttention,
+    CatMLP,
+    NumAttention,
+    NumMLP,
+    random_parameter,
+    read_vars,
+)
 from tprog.model.layout import Layout
 from tprog.model.sampling import Sampling
+
+# The residual stream: chunks concatenated along dim 0 in creation order (see `read_vars`).
+Chunks = list[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -58,20 +69,19 @@ class Block(nn.Module):
             NumMLP(lay.n_mlps_num, n_num_mid, shape.d_mlp, k, generator) if lay.n_mlps_num else None
         )
 
-    def forward(self, cat, num, allowed, sampling: Sampling | None, tables=(None, None)):
-        # cat: [V, B, N, k], num: [U, B, N]; both grow (along dim 0) by this layer's outputs.
-        heads_cat = self.cat_attn(cat, allowed, sampling) if self.cat_attn else None
-        heads_num = self.num_attn(cat, num, allowed, sampling) if self.num_attn else None
-        if heads_cat is not None:
-            cat = torch.cat([cat, heads_cat])
-        if heads_num is not None:
-            num = torch.cat([num, heads_num])
-        outs = [cat]
+    def forward(
+        self, cat: Chunks, num: Chunks, allowed, sampling: Sampling | None, tables=(None, None)
+    ):
+        # cat: chunks [V_c, B, N, k], num: chunks [U_c, B, N]; this layer appends its outputs.
+        heads_cat = [self.cat_attn(cat, allowed, sampling)] if self.cat_attn else []
+        heads_num = [self.num_attn(cat, num, allowed, sampling)] if self.num_attn else []
+        cat, num = [*cat, *heads_cat], [*num, *heads_num]
+        mlp_outputs = []
         if self.cat_mlp is not None:
-            outs.append(self.cat_mlp(cat, sampling, tables[0]))
+            mlp_outputs.append(self.cat_mlp(cat, sampling, tables[0]))
         if self.num_mlp is not None:
-            outs.append(self.num_mlp(num, sampling, tables[1]))
-        return torch.cat(outs), num
+            mlp_outputs.append(self.num_mlp(num, sampling, tables[1]))
+        return [*cat, *mlp_outputs], num
 
 
 class TransformerProgram(nn.Module):
@@ -89,13 +99,14 @@ class TransformerProgram(nn.Module):
     def stream(
         self, ids: torch.Tensor, lengths: torch.Tensor, sampling: Sampling | None, tables=None
     ):
-        """The final residual stream, variable-major: ``cat [V, B, N, k]``, ``num [U, B, N]``."""
+        """The final residual stream, variable-major, as chunks in creation order:
+        categorical ``[V_c, B, N, k]`` and numerical ``[U_c, B, N]``."""
         batch, n = ids.shape
         k = self.shape.d_var
         tokens = F.one_hot(ids, k).float()
         positions = F.one_hot(torch.arange(n, device=ids.device), k).float().expand(batch, n, k)
-        cat = torch.stack([tokens, positions])
-        num = torch.ones(1, batch, n, device=ids.device)
+        cat = [torch.stack([tokens, positions])]
+        num = [torch.ones(1, batch, n, device=ids.device)]
         allowed = allowed_keys(lengths, n, self.shape.causal)
         if sampling is None and tables is None:
             tables = self.hard_tables()
@@ -108,19 +119,26 @@ class TransformerProgram(nn.Module):
         """Logits ``[B, N, n_labels]``: float32 in soft mode, exact float64 in hard mode."""
         cat, num = self.stream(ids, lengths, sampling, tables)
         if sampling is not None:
-            n_vars, batch, n, k = cat.shape
-            logits = (cat.view(n_vars, batch * n, k) @ self.w_cat).sum(0).view(batch, n, -1)
-            logits = logits + num.permute(1, 2, 0) @ self.w_num
+            batch, n = ids.shape
+            logits = read_vars(num, self.w_num.T).permute(1, 2, 0)  # [B, N, n_labels]
+            start = 0
+            for chunk in cat:  # [V_c, B, N, k] x [V_c, k, n_labels], summed over variables
+                weights = self.w_cat[start : start + chunk.shape[0]]
+                logits = logits + (chunk.view(chunk.shape[0], batch * n, -1) @ weights).sum(0).view(
+                    batch, n, -1
+                )
+                start += chunk.shape[0]
             # A large finite value, not -inf: the loss multiplies masked positions by zero.
             return logits.masked_fill(self.masked, -1e9)
         return self._hard_logits(cat, num)
 
-    def _hard_logits(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
+    def _hard_logits(self, cat: Chunks, num: Chunks) -> torch.Tensor:
         # The IR's classifier arithmetic: float64, one variable at a time in creation order,
         # so model, interpreter and generated code agree bit for bit.
-        values = cat.argmax(-1)  # [V, B, N]
+        values = torch.cat([chunk.argmax(-1) for chunk in cat])  # [V, B, N]
+        num = torch.cat(num)  # [U, B, N]
         logits = torch.zeros(
-            *cat.shape[1:3], self.shape.n_labels, dtype=torch.float64, device=cat.device
+            *values.shape[1:], self.shape.n_labels, dtype=torch.float64, device=values.device
         )
         w_cat, w_num = self.w_cat.double(), self.w_num.double()
         for var in self.shape.layout.in_creation_order():
