@@ -24,6 +24,10 @@ Kind = Literal["categorical", "numerical"]
 # What a categorical variable's values mean, for printing only: indices into the vocabulary
 # (``token``), or plain integers (``int``).
 ValueType = Literal["token", "int"]
+# A predicate entry that matches no key value (values are >= 0). Extraction never produces it;
+# simplification writes it where a query value never occurs or asks for a key value that never
+# does.
+NEVER = -1
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,9 @@ class Variable:
     name: str
     kind: Kind
     value_type: ValueType = "int"
+    # The values the variable takes at real positions on the inputs the program was simplified
+    # on (sorted), or None when not analysed. For reading and checking; never for evaluation.
+    values: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class CatAttention:
     query: str
     key: str
     value: str
-    predicate: tuple[int, ...]  # query value -> the one key value it matches
+    predicate: tuple[int, ...]  # query value -> the one key value it matches, or NEVER
     kind: Literal["cat_attention"] = "cat_attention"
 
 
@@ -54,7 +61,7 @@ class NumAttention:
     query: str
     key: str
     value: str
-    predicate: tuple[int, ...]
+    predicate: tuple[int, ...]  # query value -> the one key value it matches, or NEVER
     kind: Literal["num_attention"] = "num_attention"
 
 
@@ -168,7 +175,7 @@ def program_from_dict(data: dict[str, Any]) -> Program:
         n_ctx=data["n_ctx"],
         d_var=data["d_var"],
         causal=data["causal"],
-        variables=tuple(Variable(**v) for v in data["variables"]),
+        variables=tuple(Variable(**_tuples(v)) for v in data["variables"]),
         modules=tuple(modules),
         classifier=Classifier(
             labels=tuple(clf["labels"]),

@@ -1,0 +1,172 @@
+"""Simplification passes: known results on hand-built programs, and outputs preserved on the
+basis for random programs after every pass."""
+
+from dataclasses import replace
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+
+from tests.test_equivalence import LABELS, VOCAB, random_inputs, random_models
+from tests.test_induction_circuit import induction_program
+from tprog import ir
+from tprog.data import build_dataset
+from tprog.extract import model_to_ir
+from tprog.interpret import predict_ids
+from tprog.simplify import PASSES, Basis, remove_dead_modules, restrict_to_reachable, simplify
+from tprog.tasks import get_task, task_config
+
+
+def _basis(ids: np.ndarray, lengths: np.ndarray) -> Basis:
+    return Basis(ids, lengths, f"{len(ids)} test inputs")
+
+
+def _same_outputs(a: ir.Program, b: ir.Program, basis: Basis) -> bool:
+    real = np.arange(basis.ids.shape[1])[None] < basis.lengths[:, None]
+    return np.array_equal(
+        predict_ids(a, basis.ids, basis.lengths)[real],
+        predict_ids(b, basis.ids, basis.lengths)[real],
+    )
+
+
+def _induction():
+    config = task_config("induction", {"data.size": 600})
+    dataset = build_dataset(get_task("induction"), config)
+    k = config.data.max_length
+    program = induction_program(dataset.vocab.tokens, dataset.labels.tokens, k)
+    split = dataset.train
+    return program, _basis(split.ids, split.lengths), dataset
+
+
+def _with_silent_head(program: ir.Program) -> ir.Program:
+    """``program`` plus a head no module reads and whose classifier rows are all zero."""
+    name = "attn_1_1_outputs"
+    head = ir.CatAttention(name, "positions", "positions", "tokens", tuple(range(program.d_var)))
+    clf = program.classifier
+    silent = tuple(tuple(0.0 for _ in clf.labels) for _ in range(program.d_var))
+    return replace(
+        program,
+        variables=(*program.variables, ir.Variable(name, "categorical", "token")),
+        modules=(*program.modules, head),
+        classifier=replace(
+            clf, terms=(*clf.terms, name), categorical={**clf.categorical, name: silent}
+        ),
+    )
+
+
+def test_dead_head_and_silent_input_terms_are_removed() -> None:
+    program, basis, _ = _induction()
+    simplified = remove_dead_modules(_with_silent_head(program), basis)
+    assert [m.name for m in simplified.modules] == ["attn_0_0_outputs", "attn_1_0_outputs"]
+    # Inputs stay variables; their all-zero terms go. attn_0_0 is read by attn_1_0: it stays,
+    # though its own term is silent and goes.
+    assert "tokens" in {v.name for v in simplified.variables}
+    assert simplified.classifier.terms == ("attn_1_0_outputs",)
+    assert _same_outputs(simplified, program, basis)
+
+
+def test_a_head_that_changes_predictions_stays() -> None:
+    program, basis, _ = _induction()
+    simplified = remove_dead_modules(program, basis)
+    assert "attn_1_0_outputs" in simplified.classifier.terms
+    assert len(simplified.modules) == 2
+
+
+def test_unreachable_predicate_rows_match_nothing() -> None:
+    program, basis, dataset = _induction()
+    simplified = restrict_to_reachable(program, basis)
+    head = simplified.modules[1]  # letters match letters; everything else asked for <pad>
+    vocab = dataset.vocab.tokens
+    for value, target in enumerate(head.predicate):
+        expected = value if vocab[value] in {"a", "b", "c", "d"} else ir.NEVER
+        assert target == expected, vocab[value]
+    tokens = simplified.variable("tokens")
+    assert tokens.values is not None and 0 not in tokens.values  # <pad> is never a real token
+    assert simplified.variable("positions").values == tuple(range(program.n_ctx))
+    assert _same_outputs(simplified, program, basis)
+
+
+def _counting_program(table_width: int) -> ir.Program:
+    """Counts 'a' tokens and feeds the count (twice) to a numerical MLP with a wide table."""
+    vocab, labels, k = ("<pad>", "<s>", "a", "b"), ("<pad>", "x", "y"), 4
+    a = vocab.index("a")
+    count = ir.NumAttention("num_attn_0_0_outputs", "tokens", "tokens", "ones", (a,) * k)
+    # output 1 when the count is even, else 2; the table spans 0..table_width-1 for both inputs
+    table = tuple(tuple(1 + (x % 2) for _ in range(table_width)) for x in range(table_width))
+    mlp = ir.NumMLP("num_mlp_0_0_outputs", ("num_attn_0_0_outputs",) * 2, (0, 0), table)
+    names = ("tokens", "positions", "ones", "num_attn_0_0_outputs", "num_mlp_0_0_outputs")
+    zero_rows = tuple(tuple(0.0 for _ in labels) for _ in range(k))
+    mlp_rows = tuple(tuple(float(c == v) for c in range(len(labels))) for v in range(k))
+    return ir.Program(
+        task="count",
+        vocab=vocab,
+        n_ctx=k,
+        d_var=k,
+        causal=False,
+        variables=(
+            ir.Variable("tokens", "categorical", "token"),
+            ir.Variable("positions", "categorical"),
+            ir.Variable("ones", "numerical"),
+            ir.Variable("num_attn_0_0_outputs", "numerical"),
+            ir.Variable("num_mlp_0_0_outputs", "categorical"),
+        ),
+        modules=(count, mlp),
+        classifier=ir.Classifier(
+            labels=labels,
+            masked=(True, False, False),
+            terms=names,
+            categorical={
+                "tokens": zero_rows,
+                "positions": zero_rows,
+                "num_mlp_0_0_outputs": mlp_rows,
+            },
+            numerical={"ones": (0.0, 0.0, 0.0), "num_attn_0_0_outputs": (0.0, 0.0, 0.0)},
+        ),
+    )
+
+
+def test_numerical_table_entries_that_never_occur_take_the_default() -> None:
+    program = _counting_program(table_width=20)
+    # inputs "<s> a", "<s> a a", "<s> b a a": the count of a's is 1, 2 or 2
+    ids = np.array([[1, 2, 0, 0], [1, 2, 2, 0], [1, 3, 2, 2]])
+    basis = _basis(ids, np.array([2, 3, 4]))
+    simplified = restrict_to_reachable(program, basis)
+    table = simplified.modules[1].table
+    # (1, 1) -> 2 and (2, 2) -> 1 occur (1 wins the tie for default); nothing else does
+    exceptions = {(a, b) for a, row in enumerate(table) for b, out in enumerate(row) if out != 1}
+    assert exceptions == {(1, 1)} and table[1][1] == 2
+    assert simplified.variable("num_attn_0_0_outputs").values == (1, 2)
+    assert _same_outputs(simplified, program, basis)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(random_models())
+def test_every_pass_preserves_outputs_on_its_basis(drawn) -> None:
+    model, seed = drawn
+    program = model_to_ir(model, task="random", vocab=VOCAB, labels=LABELS)
+    rng = np.random.default_rng(seed)
+    # Silence a random half of the classifier so that some modules become removable.
+    clf = program.classifier
+    silenced = {name for name in clf.terms if rng.random() < 0.5}
+    program = replace(
+        program,
+        classifier=replace(
+            clf,
+            categorical={
+                k: tuple(tuple(0.0 for _ in row) for row in v) if k in silenced else v
+                for k, v in clf.categorical.items()
+            },
+            numerical={
+                k: tuple(0.0 for _ in v) if k in silenced else v for k, v in clf.numerical.items()
+            },
+        ),
+    )
+    basis = _basis(*random_inputs(rng, model.shape.n_ctx, 200))
+    current = program
+    for simplification in PASSES:
+        current = simplification(current, basis)
+        assert _same_outputs(current, program, basis), simplification.__name__
+        assert ir.Program.from_json(current.to_json()) == current
+    assert simplify(program, basis).meta["simplified_on"] == basis.description
+    assert len(current.modules) <= len(program.modules)
