@@ -12,7 +12,14 @@ from tprog import ir
 from tprog.data import build_dataset
 from tprog.extract import model_to_ir
 from tprog.interpret import predict_ids
-from tprog.simplify import PASSES, Basis, remove_dead_modules, restrict_to_reachable, simplify
+from tprog.simplify import (
+    PASSES,
+    Basis,
+    readable_predicates,
+    remove_dead_modules,
+    restrict_to_reachable,
+    simplify,
+)
 from tprog.tasks import get_task, task_config
 
 
@@ -71,14 +78,38 @@ def test_a_head_that_changes_predictions_stays() -> None:
     assert len(simplified.modules) == 2
 
 
-def test_unreachable_predicate_rows_match_nothing() -> None:
+def test_predicates_become_their_simplest_exact_form() -> None:
     program, basis, dataset = _induction()
-    simplified = restrict_to_reachable(program, basis)
-    head = simplified.modules[1]  # letters match letters; everything else asked for <pad>
+    simplified = readable_predicates(program, basis)
+    previous_token, same_letter = (m.predicate for m in simplified.modules)
+    # q -> q - 1, and 0 -> k - 1, which causal attention never sees: exactly k == q - 1
+    assert previous_token == (ir.NEVER, *range(program.n_ctx - 1))
+    # letters match the same letter; other tokens ask for <pad>, which no key holds. Not
+    # k == q: a BOS query would then meet the BOS that the previous-token head copies at 0.
     vocab = dataset.vocab.tokens
-    for value, target in enumerate(head.predicate):
-        expected = value if vocab[value] in {"a", "b", "c", "d"} else ir.NEVER
-        assert target == expected, vocab[value]
+    letters = {"a", "b", "c", "d"}
+    assert same_letter == tuple(
+        v if vocab[v] in letters else ir.NEVER for v in range(program.d_var)
+    )
+    assert _same_outputs(simplified, program, basis)
+
+
+def test_a_predicate_without_a_simple_form_keeps_its_rows_that_select_something() -> None:
+    program, basis, _ = _induction()
+    head = program.modules[0]
+    odd = ir.CatAttention(
+        head.name, head.query, head.key, head.value, (1, 0, 3, 0) + (2,) * (program.d_var - 4)
+    )
+    program = replace(program, modules=(odd, program.modules[1]))
+    simplified = readable_predicates(program, basis)
+    # causal: query position 0 never sees key 1, 1 sees 0, 2 sees 3 only later: never
+    assert simplified.modules[0].predicate[:4] == (ir.NEVER, 0, ir.NEVER, 0)
+    assert _same_outputs(simplified, program, basis)
+
+
+def test_reachable_values_are_recorded() -> None:
+    program, basis, _ = _induction()
+    simplified = restrict_to_reachable(program, basis)
     tokens = simplified.variable("tokens")
     assert tokens.values is not None and 0 not in tokens.values  # <pad> is never a real token
     assert simplified.variable("positions").values == tuple(range(program.n_ctx))

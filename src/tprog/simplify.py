@@ -10,11 +10,14 @@ Passes, in order:
   * `remove_dead_modules`: classifier terms that never change a prediction go; then so does
     every module whose variable has no term left and which no live module reads;
   * `restrict_to_reachable`: each variable's values on the basis are recorded
-    (``Variable.values``); predicate rows of query values that never occur, or that ask for a
-    key value that never occurs, become "matches nothing" (-1); MLP table entries of input
-    pairs that never occur take the table's most common output, so tables print as a default
-    and exceptions. (Tables keep their shape: the interpreter evaluates padding positions too,
-    whose inputs may lie anywhere in the derived bounds.)
+    (``Variable.values``); MLP table entries of input pairs that never occur take the table's
+    most common output, so tables print as a default and exceptions. (Tables keep their
+    shape: the interpreter evaluates padding positions too, whose inputs may lie anywhere in
+    the derived bounds.)
+  * `readable_predicates`: a predicate that selects the same keys on the basis as
+    "matches nothing", ``k == q``, ``k == c`` or ``k == q + c`` becomes exactly that for every
+    query value, so the generated code prints one exact line; otherwise the rows that never
+    select a key on the basis become "matches nothing" (`ir.NEVER`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tprog.interpret import classifier_logits, evaluate
-from tprog.ir import NEVER, CatAttention, Module, NumAttention, NumMLP, Program
+from tprog.interpret import allowed_keys, classifier_logits, evaluate
+from tprog.ir import NEVER, CatAttention, Module, NumAttention, NumMLP, Program, Variable
 
 _CHUNK = 4096  # inputs per interpreter call: bounds the [chunk, n, n] selections
 
@@ -74,16 +77,34 @@ def restrict_to_reachable(program: Program, basis: Basis) -> Program:
     env = _environment(program, basis)
     real = _real_positions(basis)
     seen = {var.name: np.unique(env[var.name][real]) for var in program.variables}
-    modules = tuple(_restrict(module, env, real, seen) for module in program.modules)
+    modules = tuple(_restrict(module, env, real) for module in program.modules)
     variables = tuple(
         replace(var, values=tuple(int(v) for v in seen[var.name])) for var in program.variables
     )
     return replace(program, modules=modules, variables=variables)
 
 
+def readable_predicates(program: Program, basis: Basis) -> Program:
+    """Each predicate in the simplest form among `_predicate_forms` that selects the same keys
+    on the basis; failing all, rows that never select a key on the basis become NEVER."""
+    env = _environment(program, basis)
+    allowed = allowed_keys(basis.lengths, basis.ids.shape[1], program.causal)
+    allowed = allowed & _real_positions(basis)[:, :, None]  # real queries only
+    variables = {var.name: var for var in program.variables}
+    modules = []
+    for module in program.modules:
+        if isinstance(module, CatAttention | NumAttention):
+            meets = _meets(env[module.query], env[module.key], allowed, program.d_var)
+            forms = _predicate_forms(variables[module.query], variables[module.key], meets)
+            module = _simplest_predicate(module, meets, forms)
+        modules.append(module)
+    return replace(program, modules=tuple(modules))
+
+
 PASSES: tuple[Callable[[Program, Basis], Program], ...] = (
     remove_dead_modules,
     restrict_to_reachable,
+    readable_predicates,
 )
 
 
@@ -149,14 +170,9 @@ def _without_module(program: Program, name: str) -> Program:
 # --- reachable values --------------------------------------------------------------------
 
 
-def _restrict(module: Module, env: dict, real: np.ndarray, seen: dict) -> Module:
+def _restrict(module: Module, env: dict, real: np.ndarray) -> Module:
     if isinstance(module, CatAttention | NumAttention):
-        queries, keys = set(seen[module.query].tolist()), set(seen[module.key].tolist())
-        predicate = tuple(
-            target if query in queries and target in keys else NEVER
-            for query, target in enumerate(module.predicate)
-        )
-        return replace(module, predicate=predicate)
+        return module  # `readable_predicates` handles predicates
     a, b = (env[name][real] for name in module.inputs)
     pairs = set(zip(a.tolist(), b.tolist(), strict=True))
     lows = module.lows if isinstance(module, NumMLP) else (0, 0)
@@ -176,4 +192,59 @@ def _fill(
             for col, out in enumerate(outputs)
         )
         for row, outputs in enumerate(table)
+    )
+
+
+# --- readable predicates -----------------------------------------------------------------
+
+
+def _meets(query: np.ndarray, key: np.ndarray, allowed: np.ndarray, d_var: int) -> np.ndarray:
+    """``[d_var, d_var]`` bool: some real query holding value ``q`` may see (is allowed) a key
+    holding value ``v``. A predicate row ``q -> v`` selects anything on the basis iff
+    ``meets[q, v]``."""
+    cells = query[:, :, None] * d_var + key[:, None, :]  # [B, n, n]: (q, v) of each pair
+    counts = np.bincount(cells[allowed], minlength=d_var * d_var)
+    return counts.reshape(d_var, d_var) > 0
+
+
+def _predicate_forms(query: Variable, key: Variable, meets: np.ndarray):
+    """Candidate predicates (query value -> wanted key value), simplest first: matches
+    nothing, ``k == q``, ``k == c``, ``k == q + c``. ``k == q`` only between values of one
+    type, arithmetic only between plain integers."""
+    d_var = len(meets)
+    yield lambda q: NEVER
+    if query.value_type == key.value_type:
+        yield lambda q: q
+    for c in np.flatnonzero(meets.any(0)).tolist():  # key values some query may see
+        yield lambda q, c=c: c
+    if query.value_type == key.value_type == "int":
+        for c in sorted(range(1 - d_var, d_var), key=lambda c: (abs(c), c)):
+            if c:
+                yield lambda q, c=c: q + c
+
+
+def _simplest_predicate(
+    module: CatAttention | NumAttention, meets: np.ndarray, forms
+) -> CatAttention | NumAttention:
+    """The first of ``forms`` that selects the same keys as ``module`` for every query value,
+    written out for every value (NEVER out of range); else ``module`` with NEVER on the rows
+    that select nothing on the basis."""
+    d_var = len(meets)
+
+    def selects(q: int, target: int) -> bool:
+        return 0 <= target < d_var and bool(meets[q, target])
+
+    def same_keys(form) -> bool:
+        return all(
+            (form(q) == target) if selects(q, target) else not selects(q, form(q))
+            for q, target in enumerate(module.predicate)
+        )
+
+    for form in forms:
+        if same_keys(form):
+            written = (form(q) for q in range(len(module.predicate)))
+            return replace(module, predicate=tuple(t if 0 <= t < d_var else NEVER for t in written))
+    return replace(
+        module,
+        predicate=tuple(t if selects(q, t) else NEVER for q, t in enumerate(module.predicate)),
     )
