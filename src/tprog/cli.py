@@ -22,8 +22,10 @@ from tprog.pipeline import (
     resume_and_decompile,
     run_tokens,
     train_and_decompile,
+    verify_dir,
 )
 from tprog.tasks.registry import all_tasks, get_task, import_task_module, task_config
+from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, VERIFY_JSON, VerifyReport
 
 IMPORT_HELP = "Python module or .py file that registers extra tasks (repeatable)."
 
@@ -134,6 +136,58 @@ def run(target: Path, tokens: tuple[str, ...]) -> None:
 def eval_(run_dir: Path, split: str) -> None:
     """Accuracy of RUN_DIR's hard model and program on one split."""
     click.echo(json.dumps(evaluate_dir(run_dir, split), indent=2))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--max-inputs",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_INPUTS,
+    show_default=True,
+    help="Check every input when the task's domain has at most this many; else sample.",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SAMPLE,
+    show_default=True,
+    help="Inputs drawn when the domain is larger, or when the task declares none.",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+def verify(run_dir: Path, max_inputs: int, sample: int, seed: int) -> None:
+    """Check RUN_DIR's program against its task's targets on every input (or a sample)."""
+    report = verify_dir(run_dir, max_inputs=max_inputs, sample=sample, seed=seed)
+    _print_report(report)
+    click.echo(f"report: {Path(run_dir) / VERIFY_JSON}")
+
+
+def _print_report(report: VerifyReport) -> None:
+    """What was checked, how well, and the shortest failures, each under its input."""
+    seed = f" (seed {report.seed})" if report.seed is not None else ""
+    size = f" of {report.domain_size}" if report.domain_size is not None else ""
+    click.echo(f"{report.task}: {report.mode}{seed}, {report.n_inputs}{size} inputs checked")
+    click.echo(
+        f"token accuracy {report.token_accuracy:.6f}, sequence accuracy "
+        f"{report.sequence_accuracy:.6f} ({report.n_wrong} of {report.n_inputs} inputs wrong)"
+    )
+    if report.counterexamples:
+        click.echo("shortest counterexamples (<pad> targets are not scored):")
+    for case in report.counterexamples:
+        _print_columns(
+            {"input": case.input, "expected": case.expected, "predicted": case.predicted}
+        )
+    for check in report.references:
+        agreement = "every input" if check.agreement == 1.0 else f"{check.agreement:.6f} of inputs"
+        click.echo(f"{check.name}: equal to the program on {agreement}")
+
+
+def _print_columns(rows: dict[str, tuple[str, ...]]) -> None:
+    """Token rows aligned one column per position, so that a wrong position stands out."""
+    widths = [max(len(token) for token in column) for column in zip(*rows.values(), strict=True)]
+    for name, row in rows.items():
+        cells = " ".join(token.ljust(width) for token, width in zip(row, widths, strict=True))
+        click.echo(f"  {name:<10}{cells}".rstrip())
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The library functions behind the CLI: train+decompile, decompile, evaluate, run."""
+"""The library functions behind the CLI: train+decompile, decompile, evaluate, run, verify."""
 
 from __future__ import annotations
 
@@ -34,8 +34,17 @@ from tprog.rundir import (
     write_json,
 )
 from tprog.train import accuracy, predict, resolve, train
+from tprog.verify import (
+    DEFAULT_MAX_INPUTS,
+    DEFAULT_SAMPLE,
+    VERIFY_JSON,
+    VerifyReport,
+    verify_for_run,
+)
 
 SPLITS = ("train", "val", "test")
+# The program before simplification, when a run has one: verify checks the two agree.
+PROGRAM_UNSIMPLIFIED_JSON = "program_unsimplified.json"
 
 
 @dataclass(frozen=True)
@@ -168,8 +177,8 @@ def evaluate_dir(path: Path, split_name: str = "test") -> dict[str, float]:
     }
 
 
-def load_program(run_dir: Path) -> Program:
-    path = Path(run_dir) / PROGRAM_JSON
+def load_program(run_dir: Path, name: str = PROGRAM_JSON) -> Program:
+    path = Path(run_dir) / name
     if not path.is_file():
         raise RunDirError(f"{path} is missing: run `tprog decompile {run_dir}` first.")
     try:
@@ -192,3 +201,44 @@ def run_tokens(target: Path, tokens: Sequence[str]) -> list[str]:
     if not target.is_dir():
         raise RunDirError(f"run directory {str(target)!r} does not exist.")
     return run_program(load_program(target), [list(tokens)])[0]
+
+
+def verify_dir(
+    run_dir: Path,
+    *,
+    max_inputs: int = DEFAULT_MAX_INPUTS,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+) -> VerifyReport:
+    """Check a run's program.json against its task's targets on the whole input domain (or a
+    sample, see `tprog.verify`) and write verify.json.
+
+    A program_unsimplified.json, when present, must give the same output on every checked
+    input: simplification may not change behaviour, so a difference raises `FaithfulnessError`
+    (after verify.json is written, for the details).
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    program = load_program(run_dir)
+    references = []
+    if (run_dir / PROGRAM_UNSIMPLIFIED_JSON).is_file():
+        unsimplified = load_program(run_dir, PROGRAM_UNSIMPLIFIED_JSON)
+        references.append((PROGRAM_UNSIMPLIFIED_JSON, unsimplified))
+    report = verify_for_run(
+        program,
+        config,
+        max_inputs=max_inputs,
+        sample=sample,
+        seed=seed,
+        reference_programs=references,
+    )
+    write_json(run_dir / VERIFY_JSON, report.to_dict())
+    for check in report.references:
+        if check.first_disagreement is not None:
+            case = check.first_disagreement
+            raise FaithfulnessError(
+                f"{PROGRAM_JSON} differs from {check.name} on {' '.join(case.input)!r}: "
+                f"{' '.join(case.program)!r} vs {' '.join(case.reference)!r} "
+                f"(equal on {check.agreement:.6f} of the inputs; see {VERIFY_JSON})."
+            )
+    return report

@@ -1,5 +1,6 @@
 """Tasks: one pure generator per task, taking an explicit RNG."""
 
+from tprog.tasks.domain import FramedStrings, InputDomain
 from tprog.tasks.registry import (
     Example,
     Task,
@@ -9,4 +10,13 @@ from tprog.tasks.registry import (
     task_config,
 )
 
-__all__ = ["Example", "Task", "all_tasks", "get_task", "register_task", "task_config"]
+__all__ = [
+    "Example",
+    "FramedStrings",
+    "InputDomain",
+    "Task",
+    "all_tasks",
+    "get_task",
+    "register_task",
+    "task_config",
+]

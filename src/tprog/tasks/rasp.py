@@ -4,7 +4,9 @@ Conventions (TASKS.md): ``data.max_length`` N is the longest input *including* s
 model context), ``data.vocab_size`` V counts ``<pad>`` and the specials, ``data.min_length`` is the
 shortest content. Each task keeps its target rule in a pure function over the content (the tokens
 between the specials) so that worked examples can be checked without an RNG; the generators only
-sample content and wrap it with specials and ``<pad>`` targets.
+sample content and wrap it with specials and ``<pad>`` targets. Each task also declares its input
+domain (`tprog.tasks.domain.FramedStrings`): every input its generator can produce, with the same
+targets, for whole-domain verification.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import numpy as np
 
 from tprog.config import DataConfig
 from tprog.errors import ConfigError
-from tprog.tasks.registry import Example, register_task
-from tprog.vocab import BOS, EOS, PAD
+from tprog.tasks.domain import FramedStrings
+from tprog.tasks.registry import Example, Generator, register_task
+from tprog.vocab import BOS, EOS
 
 # Dyck labels: valid Prefix (not yet balanced), balanced so far (True), violated (False).
 PREFIX, BALANCED, FAILED = "P", "T", "F"
@@ -96,39 +99,43 @@ def _check_symbols(task: str, count: int) -> None:
         raise ConfigError(f"task {task!r} needs a larger data.vocab_size: it leaves no symbols.")
 
 
-def _sample_content(
-    rng: np.random.Generator, data: DataConfig, task: str, n_symbols: int, max_content: int
-) -> list[str]:
-    """Uniform length in ``min_length..max_content``, then uniform symbols."""
-    _check_symbols(task, n_symbols)
+@lru_cache(maxsize=64)
+def _framed_content(
+    name: str, rule: ContentFn, data: DataConfig, suffix: tuple[str, ...]
+) -> FramedStrings:
+    """``<s> x`` + ``suffix``, ``x`` of ``data.min_length`` up to as many tokens as fit, over
+    V - 2 - len(suffix) symbols: the inputs of a content task, with their targets. Cached
+    because every one of the ~100k draws of a dataset asks for it."""
+    n_symbols = data.vocab_size - 2 - len(suffix)
+    max_content = data.max_length - 1 - len(suffix)
+    _check_symbols(name, n_symbols)
     if data.min_length > max_content:
         raise ConfigError(
-            f"task {task!r} fits at most {max_content} content tokens in data.max_length="
+            f"task {name!r} fits at most {max_content} content tokens in data.max_length="
             f"{data.max_length}, fewer than data.min_length={data.min_length}."
         )
-    length = int(rng.integers(data.min_length, max_content + 1))
-    table = symbols(n_symbols)
-    return [table[i] for i in rng.integers(0, n_symbols, size=length)]
+    lengths = range(data.min_length, max_content + 1)
+    return FramedStrings(symbols(n_symbols), lengths, rule, prefix=(BOS,), suffix=suffix)
 
 
-def _bracketed(name: str, rule: ContentFn) -> Callable[[np.random.Generator, DataConfig], Example]:
-    """``<s> x </s>`` -> ``<pad> rule(x) <pad>`` over V-3 symbols (reverse, sort)."""
+def _content_task(
+    name: str, rule: ContentFn, suffix: tuple[str, ...]
+) -> tuple[Generator, Callable[[DataConfig], FramedStrings]]:
+    """``(generator, domain factory)`` of a content task, both built on `_framed_content` so
+    that the inputs drawn for training and those verified can never drift apart."""
 
-    def generate(rng: np.random.Generator, data: DataConfig) -> Example:
-        content = _sample_content(rng, data, name, data.vocab_size - 3, data.max_length - 2)
-        return [BOS, *content, EOS], [PAD, *rule(content), PAD]
-
-    return generate
-
-
-def _prefixed(name: str, rule: ContentFn) -> Callable[[np.random.Generator, DataConfig], Example]:
-    """``<s> x`` -> ``<pad> rule(x)`` over V-2 symbols (hist, double_hist, most_freq)."""
+    def domain(data: DataConfig) -> FramedStrings:
+        return _framed_content(name, rule, data, suffix)
 
     def generate(rng: np.random.Generator, data: DataConfig) -> Example:
-        content = _sample_content(rng, data, name, data.vocab_size - 2, data.max_length - 1)
-        return [BOS, *content], [PAD, *rule(content)]
+        # The paper's training distribution: a uniform length, then uniform symbols (unlike
+        # `FramedStrings.sample`, which is uniform over strings and so favours long ones).
+        inputs = domain(data)
+        length = int(rng.integers(inputs.lengths.start, inputs.lengths.stop))
+        content = [inputs.symbols[i] for i in rng.integers(0, len(inputs.symbols), size=length)]
+        return inputs.frame(content), inputs.framed_targets(content)
 
-    return generate
+    return generate, domain
 
 
 def dyck_alphabet(n_pairs: int) -> list[str]:
@@ -162,13 +169,26 @@ def _balanced_dyck(rng: np.random.Generator, opens: list[str], n_brackets: int) 
     return out[:n_brackets]
 
 
-def _dyck_generator(n_pairs: int) -> Callable[[np.random.Generator, DataConfig], Example]:
-    def generate(rng: np.random.Generator, data: DataConfig) -> Example:
-        # Fixed length: N - 1 brackets after <s>; vocab_size and min_length do not apply.
-        content = sample_dyck(rng, n_pairs, data.max_length - 1)
-        return [BOS, *content], [PAD, *dyck_targets(content)]
+def _dyck_task(n_pairs: int) -> tuple[Generator, Callable[[DataConfig], FramedStrings]]:
+    """``(generator, domain factory)`` of Dyck-``n_pairs``; the generator draws from TASKS.md's
+    recipe, the domain is every bracket string of the fixed length."""
 
-    return generate
+    def domain(data: DataConfig) -> FramedStrings:
+        # Fixed length: N - 1 brackets after <s>; vocab_size and min_length do not apply.
+        return _dyck_strings(n_pairs, data.max_length - 1)
+
+    def generate(rng: np.random.Generator, data: DataConfig) -> Example:
+        content = sample_dyck(rng, n_pairs, data.max_length - 1)
+        inputs = domain(data)
+        return inputs.frame(content), inputs.framed_targets(content)
+
+    return generate, domain
+
+
+@lru_cache(maxsize=64)
+def _dyck_strings(n_pairs: int, n_brackets: int) -> FramedStrings:
+    lengths = range(n_brackets, n_brackets + 1)
+    return FramedStrings(tuple(dyck_alphabet(n_pairs)), lengths, dyck_targets, prefix=(BOS,))
 
 
 # --------------------------------------------------------------------------- registration
@@ -215,36 +235,46 @@ def _most_freq_labels(data: DataConfig) -> list[str]:
     return [BOS, *symbols(max(data.vocab_size - 2, 0))]
 
 
-_CONTENT_TASKS: tuple[tuple[str, Any, Any, Any, tuple[int, int, int], str], ...] = (
-    # name, generator, input tokens, labels, Table 1 (L, H, M), summary
-    ("reverse", _bracketed("reverse", reverse_targets), _bracketed_inputs, _bracketed_labels,
+_BRACKETED, _PREFIXED = (EOS,), ()  # content suffix: <s> x </s> (V-3 symbols) or <s> x (V-2)
+
+_CONTENT_TASKS: tuple[tuple[Any, ...], ...] = (
+    # name, target rule, suffix, input tokens, labels, Table 1 (L, H, M), summary
+    ("reverse", reverse_targets, _BRACKETED, _bracketed_inputs, _bracketed_labels,
      (3, 8, 2), "reverse the tokens between <s> and </s>"),
-    ("sort", _bracketed("sort", sort_targets), _bracketed_inputs, _bracketed_labels,
+    ("sort", sort_targets, _BRACKETED, _bracketed_inputs, _bracketed_labels,
      (3, 8, 4), "sort the tokens between <s> and </s> (numeric order)"),
-    ("hist", _prefixed("hist", hist_targets), _prefixed_inputs, _hist_labels,
+    ("hist", hist_targets, _PREFIXED, _prefixed_inputs, _hist_labels,
      (1, 4, 2), "for each token, how often it occurs in the sequence"),
-    ("double_hist", _prefixed("double_hist", double_hist_targets), _prefixed_inputs,
-     _double_hist_labels, (3, 4, 2), "for each token, how many distinct tokens share its count"),
-    ("most_freq", _prefixed("most_freq", most_freq_targets), _prefixed_inputs, _most_freq_labels,
+    ("double_hist", double_hist_targets, _PREFIXED, _prefixed_inputs, _double_hist_labels,
+     (3, 4, 2), "for each token, how many distinct tokens share its count"),
+    ("most_freq", most_freq_targets, _PREFIXED, _prefixed_inputs, _most_freq_labels,
      (3, 8, 4), "distinct tokens by frequency (ties: first occurrence), then <s> fillers"),
 )  # fmt: skip
 
 
 def _register() -> None:
-    for name, generate, inputs, labels, (layers, heads, mlps), summary in _CONTENT_TASKS:
-        defaults = _paper_model(layers, heads, mlps, **_RASP_DATA)
-        register_task(
-            name, generate, input_tokens=inputs, labels=labels, defaults=defaults, summary=summary
-        )
-    for name, n_pairs, (layers, heads, mlps) in (("dyck1", 1, (3, 8, 2)), ("dyck2", 2, (3, 4, 4))):
+    for name, rule, suffix, inputs, labels, (layers, heads, mlps), summary in _CONTENT_TASKS:
+        generate, domain = _content_task(name, rule, suffix)
         register_task(
             name,
-            _dyck_generator(n_pairs),
+            generate,
+            input_tokens=inputs,
+            labels=labels,
+            defaults=_paper_model(layers, heads, mlps, **_RASP_DATA),
+            summary=summary,
+            domain=domain,
+        )
+    for name, n_pairs, (layers, heads, mlps) in (("dyck1", 1, (3, 8, 2)), ("dyck2", 2, (3, 4, 4))):
+        generate, domain = _dyck_task(n_pairs)
+        register_task(
+            name,
+            generate,
             input_tokens=[BOS, *dyck_alphabet(n_pairs)],
             labels=list(DYCK_LABELS),
             causal=True,
             defaults=_paper_model(layers, heads, mlps, max_length=16),
             summary=f"Dyck-{n_pairs}: is each prefix balanced (T), a valid prefix (P), or not (F)",
+            domain=domain,
         )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from tprog.config import DataConfig, RunConfig, build_config
 from tprog.errors import ConfigError
+from tprog.tasks.domain import DomainFactory, InputDomain
 
 Example = tuple[list[str], list[str]]
 # A generator draws one example: (input tokens, target labels) of equal length, where the
@@ -31,6 +32,12 @@ class Task:
     causal: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)  # dotted config keys
     summary: str = ""
+    # Every input the generator can produce, with pure targets (see `tprog.tasks.domain`);
+    # None where the task does not declare one, and verification samples the generator instead.
+    domain: DomainFactory | None = None
+
+    def input_domain(self, data: DataConfig) -> InputDomain | None:
+        return self.domain(data) if self.domain is not None else None
 
     def vocab_tokens(self, data: DataConfig) -> list[str]:
         tokens = self.input_tokens(data) if callable(self.input_tokens) else self.input_tokens
@@ -54,19 +61,23 @@ def register_task(
     defaults: Mapping[str, Any] | None = None,
     summary: str = "",
     replace: bool = False,
+    domain: DomainFactory | None = None,
 ) -> Task:
     """Add a task so that ``tprog train NAME`` (with ``--import``) and the library can use it.
 
     ``generate(rng, data_config)`` returns one ``(inputs, targets)`` pair of equal length;
     ``input_tokens``/``labels`` list (or compute from the data config) every possible input
     token and target label; ``defaults`` are dotted config keys, e.g. ``{"model.n_layers": 2}``.
+    ``domain(data_config)``, optional, returns every input ``generate`` can produce (an
+    `InputDomain`, e.g. `FramedStrings`), so that ``tprog verify`` can check a program on all of
+    them rather than on a sample.
     """
     _load_builtins()  # so a user task can never silently shadow a built-in one
     if not name.isidentifier():
         raise ConfigError(f"task name {name!r} must be a Python identifier.")
     if name in _REGISTRY and not replace:
         raise ConfigError(f"a task named {name!r} is already registered.")
-    task = Task(name, generate, input_tokens, labels, causal, dict(defaults or {}), summary)
+    task = Task(name, generate, input_tokens, labels, causal, dict(defaults or {}), summary, domain)
     _REGISTRY[name] = task
     return task
 
