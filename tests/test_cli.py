@@ -32,12 +32,16 @@ def test_train_writes_the_run_directory(run_dir: Path) -> None:
         "model.pt",
         "metrics.jsonl",
         "results.json",
+        "program_unsimplified.json",
         "program.json",
         "program.py",
     ):
         assert (run_dir / name).is_file(), name
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["agreement"] == {"ir": 1.0, "code": 1.0}
+    assert results["agreement"] == {"unsimplified_ir": 1.0, "ir": 1.0, "code": 1.0}
+    verification = results["verification"]
+    assert verification["mode"] == "whole domain" and verification["n_inputs"] == 335_922
+    assert verification["simplified_vs_unsimplified"] == 1.0
     assert 0.0 <= results["test_accuracy"] <= 1.0
     metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in metrics] == [1, 2, 3]

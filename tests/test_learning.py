@@ -28,4 +28,4 @@ def test_training_learns_and_the_program_is_faithful(task, overrides, minimum, t
     results = json.loads((out / "results.json").read_text())
     assert results["test_accuracy"] >= minimum, results
     assert results["program_test_accuracy"] == results["test_accuracy"]
-    assert results["agreement"] == {"ir": 1.0, "code": 1.0}
+    assert results["agreement"] == {"unsimplified_ir": 1.0, "ir": 1.0, "code": 1.0}

@@ -30,7 +30,11 @@ def test_user_task_trains_decompiles_and_evaluates(tmp_path: Path) -> None:
     args = ["data.size=200", "train.epochs=2", "model.d_mlp=8", "--quiet"]
     trained = tprog("train", "parity_count", "--import", str(module), "--out", str(out), *args)
     assert trained.returncode == 0, trained.stderr
-    assert json.loads((out / "results.json").read_text())["agreement"] == {"ir": 1.0, "code": 1.0}
+    assert json.loads((out / "results.json").read_text())["agreement"] == {
+        "unsimplified_ir": 1.0,
+        "ir": 1.0,
+        "code": 1.0,
+    }
     # Fresh processes find the task again through the recorded task module.
     assert tprog("decompile", str(out)).returncode == 0
     evaluated = tprog("eval", str(out))

@@ -109,7 +109,17 @@ def _print_results(results: dict, program_path: Path) -> None:
         f"faithfulness: program == hard model on {agreement['ir']:.6f} (IR) and "
         f"{agreement['code']:.6f} (code) of {results['n_examples_checked']} examples"
     )
-    click.echo(f"program: {program_path}")
+    checked = results["verification"]
+    click.echo(
+        f"{checked['mode']} ({checked['n_inputs']:,} inputs): token accuracy "
+        f"{checked['token_accuracy']:.4f}, whole-sequence accuracy "
+        f"{checked['sequence_accuracy']:.4f}"
+    )
+    lines = results["size"]["code_lines"]
+    click.echo(
+        f"program: {program_path} ({lines['simplified']} code lines; "
+        f"{lines['unsimplified']} before simplification)"
+    )
 
 
 @cli.command()

@@ -2,38 +2,31 @@
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-
-from tprog import __version__
-from tprog.codegen import load_program_module, write_program
+from tprog.codegen import load_program_module
 from tprog.config import RunConfig
-from tprog.data import Dataset, Split, build_dataset
+from tprog.data import build_dataset
+from tprog.decompile import (
+    PROGRAM_UNSIMPLIFIED_JSON,
+    Outcome,
+    decompile,
+    hard_predictions,
+    split_accuracy,
+)
 from tprog.errors import FaithfulnessError, InputError, RunDirError
-from tprog.extract import model_to_ir
-from tprog.faithful import check_agreement, rows_agree
+from tprog.faithful import rows_agree
 from tprog.interpret import predict_ids, run_program
 from tprog.ir import Program
-from tprog.model.program import TransformerProgram
 from tprog.rundir import (
     PROGRAM_JSON,
-    PROGRAM_PY,
-    RESULTS,
-    Run,
     load_config,
     load_run,
-    write_atomic,
     write_json,
 )
-from tprog.train import accuracy, predict, resolve, train
+from tprog.train import resolve, train
 from tprog.verify import (
     DEFAULT_MAX_INPUTS,
     DEFAULT_SAMPLE,
@@ -41,20 +34,6 @@ from tprog.verify import (
     VerifyReport,
     verify_for_run,
 )
-
-SPLITS = ("train", "val", "test")
-# The program before simplification, when a run has one: verify checks the two agree.
-PROGRAM_UNSIMPLIFIED_JSON = "program_unsimplified.json"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    run_dir: Path
-    results: dict[str, Any]
-
-    @property
-    def program_path(self) -> Path:
-        return self.run_dir / PROGRAM_PY
 
 
 def train_and_decompile(
@@ -99,80 +78,21 @@ def resume_and_decompile(
     return decompile(run, dataset=dataset, model=run.load_model())
 
 
-def _header(run: Run, accuracies: dict[str, float]) -> str:
-    return "\n".join(
-        [
-            f"Learned by tprog {__version__} (seed {run.config.seed}; config in config.json).",
-            "Hard-model token accuracy: "
-            + ", ".join(f"{split} {accuracies[split]:.4f}" for split in SPLITS)
-            + ".",
-            "Checked equal to the hard model on every train/val/test example.",
-        ]
-    )
-
-
-def decompile(
-    run: Run, *, dataset: Dataset | None = None, model: TransformerProgram | None = None
-) -> Outcome:
-    """Extract the program, write program.json/program.py, check faithfulness, write results.
-
-    Raises `FaithfulnessError` (after writing results.json) if any example disagrees.
-    """
-    model = model if model is not None else run.load_model()
-    dataset = dataset if dataset is not None else build_dataset(run.task, run.config)
-    # One hard-model pass per split serves both the accuracies and the faithfulness check.
-    predictions = {name: _hard_predictions(model, getattr(dataset, name)) for name in SPLITS}
-    accuracies = {name: _accuracy(predictions[name], getattr(dataset, name)) for name in SPLITS}
-    program = model_to_ir(
-        model,
-        task=run.config.task,
-        vocab=run.vocab.tokens,
-        labels=run.labels.tokens,
-        meta={"config": json.loads(run.config.to_json()), "tprog_version": __version__},
-    )
-    write_atomic(run.path / PROGRAM_JSON, program.to_json())
-    write_program(program, run.path / PROGRAM_PY, header=_header(run, accuracies))
-    module = load_program_module(run.path / PROGRAM_PY)
-    agreement = check_agreement(predictions, program, module, dataset)
-    results = {
-        **{f"{name}_accuracy": accuracies[name] for name in SPLITS},
-        "program_test_accuracy": _accuracy(agreement.ir_predictions["test"], dataset.test),
-        "agreement": {"ir": agreement.ir, "code": agreement.code},
-        "n_examples_checked": agreement.n_examples,
-        "machine": platform.machine(),
-    }
-    write_json(run.path / RESULTS, results)
-    if agreement.first is not None:
-        raise FaithfulnessError(
-            f"the program is not faithful (agreement ir={agreement.ir:.6f}, "
-            f"code={agreement.code:.6f}): {agreement.first.describe()}"
-        )
-    return Outcome(run.path, results)
-
-
 def decompile_dir(path: Path) -> Outcome:
     return decompile(load_run(path))
-
-
-def _hard_predictions(model: TransformerProgram, split: Split) -> np.ndarray:
-    return predict(model, torch.as_tensor(split.ids), torch.as_tensor(split.lengths)).numpy()
-
-
-def _accuracy(predicted: np.ndarray, split: Split) -> float:
-    return accuracy(torch.as_tensor(predicted), torch.as_tensor(split.target_ids))
 
 
 def evaluate_dir(path: Path, split_name: str = "test") -> dict[str, float]:
     """Accuracy of the hard model and of its program (program.json) on one split."""
     run = load_run(path)
     split = getattr(build_dataset(run.task, run.config), split_name)
-    model_pred = _hard_predictions(run.load_model(), split)
+    model_pred = hard_predictions(run.load_model(), split)
     program_pred = predict_ids(load_program(path), split.ids, split.lengths)
     return {
         "split": split_name,
         "examples": len(split),
-        "model_accuracy": _accuracy(model_pred, split),
-        "program_accuracy": _accuracy(program_pred, split),
+        "model_accuracy": split_accuracy(model_pred, split),
+        "program_accuracy": split_accuracy(program_pred, split),
         "agreement": float(rows_agree(program_pred, model_pred, split.lengths).mean()),
     }
 

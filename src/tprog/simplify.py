@@ -88,13 +88,11 @@ def readable_predicates(program: Program, basis: Basis) -> Program:
     """Each predicate in the simplest form among `_predicate_forms` that selects the same keys
     on the basis; failing all, rows that never select a key on the basis become NEVER."""
     env = _environment(program, basis)
-    allowed = allowed_keys(basis.lengths, basis.ids.shape[1], program.causal)
-    allowed = allowed & _real_positions(basis)[:, :, None]  # real queries only
     variables = {var.name: var for var in program.variables}
     modules = []
     for module in program.modules:
         if isinstance(module, CatAttention | NumAttention):
-            meets = _meets(env[module.query], env[module.key], allowed, program.d_var)
+            meets = _meets(module, env, basis, program)
             forms = _predicate_forms(variables[module.query], variables[module.key], meets)
             module = _simplest_predicate(module, meets, forms)
         modules.append(module)
@@ -112,13 +110,20 @@ PASSES: tuple[Callable[[Program, Basis], Program], ...] = (
 
 
 def _environment(program: Program, basis: Basis) -> dict[str, np.ndarray]:
-    """Every variable of ``program`` on every basis input: name -> ``[B, n]``."""
+    """Every variable of ``program`` on every basis input: name -> ``[B, n]``, each in the
+    smallest integer type that holds it (a whole domain can be hundreds of thousands of inputs
+    times dozens of variables)."""
     chunks = [
         evaluate(program, basis.ids[s : s + _CHUNK], basis.lengths[s : s + _CHUNK])
         for s in range(0, len(basis.ids), _CHUNK)
     ]
-    names = chunks[0].keys() if chunks else ()
-    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in names}
+    env = {}
+    for name in chunks[0] if chunks else ():
+        low = min(int(chunk[name].min(initial=0)) for chunk in chunks)
+        high = max(int(chunk[name].max(initial=0)) for chunk in chunks)
+        dtype = np.result_type(np.min_scalar_type(low), np.min_scalar_type(high))
+        env[name] = np.concatenate([chunk[name].astype(dtype) for chunk in chunks])
+    return env
 
 
 def _real_positions(basis: Basis) -> np.ndarray:
@@ -130,7 +135,7 @@ def _real_positions(basis: Basis) -> np.ndarray:
 def _predictions(program: Program, env: dict[str, np.ndarray], real: np.ndarray) -> np.ndarray:
     out = np.empty(real.shape, dtype=np.int64)
     for s in range(0, len(real), _CHUNK):
-        chunk = {name: values[s : s + _CHUNK] for name, values in env.items()}
+        chunk = {name: values[s : s + _CHUNK].astype(np.int64) for name, values in env.items()}
         out[s : s + _CHUNK] = classifier_logits(program, chunk).argmax(-1)
     return out[real]
 
@@ -198,12 +203,22 @@ def _fill(
 # --- readable predicates -----------------------------------------------------------------
 
 
-def _meets(query: np.ndarray, key: np.ndarray, allowed: np.ndarray, d_var: int) -> np.ndarray:
+def _meets(
+    module: CatAttention | NumAttention, env: dict, basis: Basis, program: Program
+) -> np.ndarray:
     """``[d_var, d_var]`` bool: some real query holding value ``q`` may see (is allowed) a key
     holding value ``v``. A predicate row ``q -> v`` selects anything on the basis iff
     ``meets[q, v]``."""
-    cells = query[:, :, None] * d_var + key[:, None, :]  # [B, n, n]: (q, v) of each pair
-    counts = np.bincount(cells[allowed], minlength=d_var * d_var)
+    d_var, n = program.d_var, basis.ids.shape[1]
+    counts = np.zeros(d_var * d_var, dtype=np.int64)
+    for s in range(0, len(basis.ids), _CHUNK):
+        lengths = basis.lengths[s : s + _CHUNK]
+        real_query = np.arange(n)[None, :, None] < lengths[:, None, None]
+        allowed = allowed_keys(lengths, n, program.causal) & real_query  # [b, n, n]
+        query = env[module.query][s : s + _CHUNK].astype(np.int64)
+        key = env[module.key][s : s + _CHUNK].astype(np.int64)
+        cells = query[:, :, None] * d_var + key[:, None, :]  # [b, n, n]: (q, v) of each pair
+        counts += np.bincount(cells[allowed], minlength=d_var * d_var)
     return counts.reshape(d_var, d_var) > 0
 
 
