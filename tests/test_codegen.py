@@ -171,12 +171,15 @@ def test_generated_code_agrees_with_interpreter(tmp_path: Path, seed: int) -> No
     inputs = random_inputs(program, seed)
     expected = run_program(program, inputs)
     assert [module.run(tokens) for tokens in inputs] == expected
+    assert module.run_batch(inputs) == expected
 
 
 # --- hostile data ------------------------------------------------------------------------------
 
 _SANDBOX = r"""
 import builtins, importlib.util, json, os, pathlib, subprocess, sys
+
+import numpy  # loaded before the traps (its import uses eval); the module may use it in run_batch
 
 path, inputs_file, marker = sys.argv[1:4]
 
@@ -190,8 +193,11 @@ def tripped(*args, **kwargs):
 real_import = builtins.__import__
 
 
+allowed = ["json", "pathlib"]
+
+
 def guarded_import(name, globals=None, *args, **kwargs):
-    if (globals or {}).get("__name__") == "generated" and name not in ("json", "pathlib"):
+    if (globals or {}).get("__name__") == "generated" and name.split(".")[0] not in allowed:
         tripped(name)
     return real_import(name, globals, *args, **kwargs)
 
@@ -203,11 +209,14 @@ before = set(sys.modules)
 spec = importlib.util.spec_from_file_location("generated", path)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-new = sorted(name for name in set(sys.modules) - before if name != "generated")
 with open(inputs_file) as handle:
     inputs = json.load(handle)
 outputs = [module.run(tokens) for tokens in inputs]
-sys.stdout.write(json.dumps({"outputs": outputs, "new_modules": new, "doc": module.__doc__}))
+new = sorted(name for name in set(sys.modules) - before if name != "generated")
+allowed.append("numpy")  # run_batch, and only run_batch, imports numpy
+batched = module.run_batch(inputs)
+result = {"outputs": outputs, "batched": batched, "new_modules": new, "doc": module.__doc__}
+sys.stdout.write(json.dumps(result))
 """
 
 
@@ -237,19 +246,22 @@ def test_hostile_vocabulary_labels_task_and_header(tmp_path: Path, seed: int) ->
     program = dataclasses.replace(program, task="t'); __import__('os').system('x') #\"\"\"")
     source, _ = program_to_python(program, header=HEADER)
     ast.parse(source)
-    imports = [
-        node
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Import | ast.ImportFrom)
-    ]
+    tree = ast.parse(source)
+    imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
     assert [ast.unparse(node) for node in imports] == ["import json", "from pathlib import Path"]
+    inner = {  # imports inside functions: numpy, for run_batch and its helpers only
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom) and node not in imports
+    }
+    assert inner == {"import numpy as np"}
     path = tmp_path / "gen" / "program.py"
     write_program(program, path, header=HEADER)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     inputs = random_inputs(program, seed, 100)
     result = run_in_fresh_interpreter(path, inputs, elsewhere)
-    assert result["outputs"] == run_program(program, inputs)
+    assert result["outputs"] == result["batched"] == run_program(program, inputs)
     assert all(name.split(".")[0] in sys.stdlib_module_names for name in result["new_modules"])
     assert HEADER in result["doc"] and repr(program.task) in result["doc"]
 
@@ -276,6 +288,7 @@ def test_import_from_another_working_directory(tmp_path: Path, monkeypatch) -> N
     module = load_program_module(path)
     inputs = random_inputs(program, 11, 50)
     assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
+    assert module.run_batch(inputs) == run_program(program, inputs)
     assert run_in_fresh_interpreter(path, inputs, elsewhere)["outputs"] == run_program(
         program, inputs
     )
@@ -318,6 +331,10 @@ def test_bad_inputs_raise_value_error_like_the_interpreter(tmp_path: Path) -> No
         with pytest.raises(ValueError, match=words) as caught:
             module.run(tokens)
         assert str(caught.value) == _interpreter_error(program, tokens)
+        with pytest.raises(ValueError) as caught_batch:
+            module.run_batch([[known], [known, known][: program.n_ctx], tokens, []])
+        assert str(caught_batch.value) == f"input 2: {caught.value}"
+    assert module.run_batch([]) == []
 
 
 def test_unknown_tokens_map_to_unk(tmp_path: Path) -> None:
@@ -326,24 +343,38 @@ def test_unknown_tokens_map_to_unk(tmp_path: Path) -> None:
     _, module = generate(program, tmp_path)
     tokens = [program.vocab[1], "never-seen", "also-new"][: program.n_ctx]
     assert module.run(tokens) == run_program(program, [tokens])[0]
+    assert module.run_batch([tokens]) == run_program(program, [tokens])
     with pytest.raises(ValueError, match="padding"):
         module.run(["<pad>"])
+    with pytest.raises(ValueError, match=r"^input 1: .* padding"):
+        module.run_batch([tokens, ["<pad>"]])
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_select_closest_matches_the_interpreter_exhaustively(tmp_path: Path, causal) -> None:
     from tprog.interpret import _select_closest, allowed_keys
 
-    _, module = generate(dataclasses.replace(random_program(1), causal=causal), tmp_path)
+    program = dataclasses.replace(random_program(1), causal=causal, n_ctx=6)
+    _, module = generate(program, tmp_path)
+
+    def is_one(query, key):
+        return key == 1
+
     for n in range(1, 7):
         allowed = allowed_keys(np.array([n]), n, causal)
-        for bits in range(2**n):
-            keys = [(bits >> j) & 1 for j in range(n)]
-            got = module.select_closest(keys, list(range(n)), lambda q, k: k == 1)
-            matches = np.array(keys, dtype=bool)[None, None, :] & allowed
-            assert got == _select_closest(matches)[0].tolist()
-            counts = module.aggregate_sum(module.select(keys, keys, lambda q, k: k == 1), [1] * n)
-            assert counts == matches[0].sum(-1).tolist()
+        every = np.array([[(bits >> j) & 1 for j in range(n)] for bits in range(2**n)])
+        matches = every[:, None, :].astype(bool) & allowed  # [2**n, n, n]
+        positions = np.broadcast_to(np.arange(n), every.shape)
+        for keys, want in zip(every.tolist(), matches, strict=True):
+            got = module.select_closest(keys, list(range(n)), is_one)
+            assert got == _select_closest(want[None])[0].tolist()
+            counts = module.aggregate_sum(module.select(keys, keys, is_one), [1] * n)
+            assert counts == want.sum(-1).tolist()
+        # the numpy versions (run_batch), on every key pattern at once
+        got = module.select_closest(every, positions, is_one)
+        assert (got == _select_closest(matches)).all()
+        counts = module.aggregate_sum(module.select(every, every, is_one), np.ones_like(every))
+        assert (counts == matches.sum(-1)).all()
 
 
 def _hand_program() -> ir.Program:
@@ -395,9 +426,20 @@ def test_generated_source_reads_like_a_program(tmp_path: Path) -> None:
     assert "return NUM_MLP_0_0.get((one, num_attn_0_0_output), 0)" in source
     assert "= aggregate(select_closest(tokens, tokens, predicate_0_0), tokens)\n" in source
     assert "= aggregate_sum(select(tokens, tokens, num_predicate_0_0), ones)\n" in source
+    assert "    mlp_0_0_outputs = apply(mlp_0_0, tokens, positions)\n" in source
+    assert "(num_mlp_0_0, ones, num_attn_0_0_outputs)\n" in source
     _, module = generate(program, tmp_path)
-    for tokens in (["a", "b", "c"], ["c", "c", "b", "a"], ["b"], ["a", "a", "c"]):
+    inputs = [["a", "b", "c"], ["c", "c", "b", "a"], ["b"], ["a", "a", "c"]]
+    for tokens in inputs:
         assert module.run(tokens) == run_program(program, [tokens])[0]
+    assert module.run_batch(inputs) == run_program(program, inputs)
+    assert module.run_batch(tuple(tuple(tokens) for tokens in inputs)) == module.run_batch(inputs)
+    module._MOST_SELECTED = 20  # at most 20 // 3**2 = 2 inputs of length 3 at a time
+    assert module.run_batch(inputs * 3) == run_program(program, inputs * 3)
+    # program() gives every variable, for one input (lists) or a batch (arrays [inputs, n])
+    variables = module.program(["c", "a", "b"], [0, 1, 2], [1, 1, 1])
+    assert variables["attn_0_0_outputs"] == ["b", "a", "a"]  # c wants b; a and b want a
+    assert variables["num_attn_0_0_outputs"] == [1, 1, 0]  # c counts c, a counts a, b none
 
 
 def test_invalid_programs_are_rejected() -> None:

@@ -1,4 +1,5 @@
-"""The central property: hard model == IR interpreter == generated code, on random models."""
+"""The central property: hard model == IR interpreter == generated code (its per-input `run` and
+its numpy `run_batch`), on random models."""
 
 from pathlib import Path
 
@@ -64,8 +65,10 @@ def test_hard_model_equals_interpreter_equals_generated_code(tmp_path: Path, dra
     path = tmp_path / f"program_{seed}.py"
     write_program(program, path)
     module = load_program_module(path)
-    for row in range(len(ids)):
-        n = int(lengths[row])
-        want = [LABELS[c] for c in expected[row, :n]]
-        assert [LABELS[c] for c in from_ir[row, :n]] == want
-        assert module.run([VOCAB[t] for t in ids[row, :n]]) == want
+    inputs = [[VOCAB[t] for t in ids[row, :n]] for row, n in enumerate(lengths.tolist())]
+    batched = module.run_batch(inputs)
+    for row, tokens in enumerate(inputs):
+        want = [LABELS[c] for c in expected[row, : len(tokens)]]
+        assert [LABELS[c] for c in from_ir[row, : len(tokens)]] == want
+        assert module.run(tokens) == want
+        assert batched[row] == want

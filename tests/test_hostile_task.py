@@ -41,4 +41,4 @@ def test_hostile_vocabulary_trains_to_an_exact_inert_program(tmp_path: Path) -> 
     elsewhere.mkdir()
     # A fresh interpreter whose os.system, subprocess, print, ... trip a marker if touched.
     result = run_in_fresh_interpreter(tmp_path / "run" / "program.py", inputs, elsewhere)
-    assert result["outputs"] == run_program(program, inputs)
+    assert result["outputs"] == result["batched"] == run_program(program, inputs)

@@ -34,13 +34,14 @@ _KINDS = (
 )
 _counter = itertools.count()
 
-# Every name the template defines or `run` uses: program names must not shadow them.
+# Every name the template defines or `program` uses: program names must not shadow them.
 _RESERVED = frozenset(re.findall(r"^(?:def )?([A-Za-z_]\w*)(?: =|\()", _TEMPLATE, re.M)) | {
     "json",
     "Path",
     "TERMS",
     "TOKEN_VALUED",
-    "run",
+    "program",
+    "np",
     "n",
     "a",
     "b",
@@ -209,7 +210,7 @@ def _mlp_source(gen: _Gen, module: ir.CatMLP | ir.NumMLP, fn: str) -> str:
 def _statement(module: ir.Module, fn: str) -> str:
     if isinstance(module, ir.CatMLP | ir.NumMLP):
         a, b = module.inputs
-        parts = ["[", f"{fn}(a, b) for a, b in zip({a}, {b}, strict=True)", "]"]
+        parts = ["apply(", f"{fn}, {a}, {b}", ")"]
     else:
         cat = isinstance(module, ir.CatAttention)
         agg, sel = ("aggregate", "select_closest") if cat else ("aggregate_sum", "select")
@@ -224,14 +225,11 @@ def _layer(name: str) -> str | None:
     return match[1] if match else None
 
 
-def _run_source(gen: _Gen) -> str:
+def _program_source(gen: _Gen) -> str:
     lines = [
-        "def run(tokens):",
-        '    """One label per input token (a list of strings); ValueError for bad input."""',
-        "    tokens = check_input(tokens)",
-        "    n = len(tokens)",
-        "    positions = list(range(n))",
-        "    ones = [1] * n",
+        "def program(tokens, positions, ones):",
+        '    """Every variable of the program, from the inputs: lists for one input (run), or',
+        '    numpy arrays [inputs, length] for a batch of inputs of one length (run_batch)."""',
     ]
     layer = None
     for module, fn in zip(gen.p.modules, gen.functions, strict=True):
@@ -240,7 +238,7 @@ def _run_source(gen: _Gen) -> str:
             lines += ["", f"    # layer {layer}"]
         lines.append(_statement(module, fn))
     names = ["tokens", "positions", "ones", *(m.name for m in gen.p.modules)]
-    lines += ["", "    return classify({", *(f"        {x!r}: {x}," for x in names), "    })"]
+    lines += ["", "    return {", *(f"        {x!r}: {x}," for x in names), "    }"]
     return "\n".join(lines)
 
 
@@ -265,10 +263,11 @@ def _summary(program: ir.Program, weights_file: str, header: str) -> str:
             *textwrap.wrap(facts, 96, break_long_words=False, break_on_hyphens=False),
             *(["", header] if header.strip() else []),
             "",
-            f"Usage: run(tokens) -> list[str], one label per token, e.g. run([{example}]).",
+            f"Usage: run(tokens) -> list[str], one label per token, e.g. run([{example}]);",
+            "run_batch(inputs) -> list[list[str]] runs many inputs at once, with numpy.",
             "Bad input (empty, too long, padding, unknown token) raises ValueError.",
             f"Vocabulary, labels and classifier weights are read once from {weights_file!r}",
-            "next to this file. Standard library only; prints nothing.",
+            "next to this file. Standard library only (run_batch imports numpy); prints nothing.",
         ]
     )
 
@@ -316,13 +315,14 @@ def program_to_python(
         "DOC": _docstring(_summary(program, weights_file, header)),
         "WEIGHTS": repr(weights_file),
         "N_CTX": repr(int(program.n_ctx)),
+        "D_VAR": repr(int(program.d_var)),
         "CAUSAL": repr(bool(program.causal)),
         "FUNCTIONS": "".join(functions),
         "TERMS": _wrap("TERMS = (", terms, ",)" if len(terms) == 1 else ")"),
         "TOKEN_VALUED": _wrap("TOKEN_VALUED = frozenset({", token_valued, "})")
         if token_valued
         else "TOKEN_VALUED = frozenset()",
-        "RUN": _run_source(gen),
+        "PROGRAM": _program_source(gen),
     }
     return re.sub(r"@([A-Z_]+)@", lambda m: slots[m[1]], _TEMPLATE), weights
 

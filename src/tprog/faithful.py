@@ -16,7 +16,7 @@ from tprog.ir import Program
 class Divergence:
     """The first example on which a program's output differs from the hard model's."""
 
-    which: str  # "ir" or "code"
+    which: str  # "ir", "code" (the module's run) or "batched code" (its run_batch)
     split: str
     index: int
     tokens: list[str]
@@ -34,7 +34,7 @@ class Divergence:
 @dataclass(frozen=True)
 class Agreement:
     ir: float  # fraction of examples whose whole output equals the hard model's
-    code: float
+    code: float  # ... for the generated module's run and run_batch both
     n_examples: int
     first: Divergence | None
     ir_predictions: dict[str, np.ndarray]  # split -> the interpreter's label ids [B, n]
@@ -58,7 +58,8 @@ def check_split(
     program: Program,
     module: ModuleType | None,
 ) -> tuple[int, int, Divergence | None]:
-    """``(ir_agreeing, code_agreeing, first divergence)`` over the examples of one split."""
+    """``(ir_agreeing, code_agreeing, first divergence)`` over the examples of one split; the
+    generated code agrees on an example when both its ``run`` and its ``run_batch`` do."""
     labels = program.classifier.labels
     ir_ok = rows_agree(ir_pred, model_pred, split.lengths)
     first = None
@@ -75,13 +76,15 @@ def check_split(
         )
     code_ok = 0
     if module is not None:
+        batched = module.run_batch([list(tokens) for tokens in split.inputs])
         for i, tokens in enumerate(split.inputs):
             expected = _labels(model_pred[i], len(tokens), labels)
             got = module.run(list(tokens))
-            if got == expected:
+            if got == expected and batched[i] == expected:
                 code_ok += 1
             elif first is None:
-                first = Divergence("code", name, i, tokens, expected, got)
+                which, wrong = ("code", got) if got != expected else ("batched code", batched[i])
+                first = Divergence(which, name, i, tokens, expected, wrong)
     return int(ir_ok.sum()), code_ok, first
 
 
