@@ -141,27 +141,57 @@ def _wrap(opening: str, items: list[str], closing: str, indent: str = "") -> str
 
 
 def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: str) -> str:
+    """The predicate as a fallback rule (``return False``, ``k == c``, ``k == q`` or
+    ``k == q + c``, whichever covers the most query values) and branches for the exceptions."""
     q, k = f"q_{_singular(module.query)}", f"k_{_singular(module.key)}"
-    groups: dict[str, list[str]] = {}  # return statement -> query literals, in order
+    bodies = {}  # query value -> its exact return statement
     for value in gen.domain(module.query, len(module.predicate)):
         target = module.predicate[value]
-        if gen.token_valued(module.key) and target not in gen.domain(module.key, target + 1):
-            body = "return False"  # no key ever holds that value
-        else:
-            body = f"return {k} == {gen.lit(module.key, target)}"
-        groups.setdefault(body, []).append(gen.lit(module.query, value))
+        never = target == ir.NEVER or (
+            gen.token_valued(module.key) and target not in gen.domain(module.key, target + 1)
+        )  # no key ever holds the value asked for
+        bodies[value] = "return False" if never else f"return {k} == {gen.lit(module.key, target)}"
+    covered = {body: [v for v in bodies if bodies[v] == body] for body in bodies.values()}
+    covered.update(_relative_rules(gen, module, bodies, q, k))
+    fallback = max(covered, key=lambda body: len(covered[body]), default="return False")
+    groups: dict[str, list[str]] = {}  # return statement -> query literals, in order
+    for value, body in bodies.items():
+        if value not in covered.get(fallback, ()):
+            groups.setdefault(body, []).append(gen.lit(module.query, value))
     lines = [f"def {fn}({q}, {k}):", f'    """The predicate of {module.name}."""']
-    fallback = max(groups, key=lambda body: len(groups[body]), default="return False")
-    branches = [body for body in groups if body != fallback]
-    for n, body in enumerate(branches):
-        word, values = ("elif" if n else "if"), groups[body]
+    for n, (body, values) in enumerate(groups.items()):
+        word = "elif" if n else "if"
         if len(values) == 1:
             lines.append(f"    {word} {q} == {values[0]}:")
         else:
             lines.append(_wrap(f"{word} {q} in {{", values, "}:", "    "))
         lines.append(f"        {body}")
-    lines += ["    else:", f"        {fallback}"] if branches else [f"    {fallback}"]
+    lines += ["    else:", f"        {fallback}"] if groups else [f"    {fallback}"]
     return "\n".join(lines)
+
+
+def _relative_rules(
+    gen: _Gen, module: ir.CatAttention | ir.NumAttention, bodies: dict, q: str, k: str
+) -> dict[str, list[int]]:
+    """``k == q`` (values of one type) and ``k == q + c`` (plain integers), each with the query
+    values whose exact statement it equals. Keys are ``0..d_var-1``, so where ``q + c`` falls
+    outside, ``k == q + c`` is ``return False`` exactly."""
+    same_type = gen.token_valued(module.query) == gen.token_valued(module.key)
+    if not same_type:
+        return {}
+    integers = not gen.token_valued(module.key)
+    shifts = range(1 - len(module.predicate), len(module.predicate)) if integers else (0,)
+    rules = {}
+    for c in shifts:
+        expression = f"{q} + {c}" if c > 0 else f"{q} - {-c}" if c < 0 else q
+        wanted = {v: v + c for v in bodies}
+        rules[f"return {k} == {expression}"] = [
+            v
+            for v, body in bodies.items()
+            if (module.predicate[v] == wanted[v] and body != "return False")
+            or (body == "return False" and not 0 <= wanted[v] < len(module.predicate))
+        ]
+    return rules
 
 
 def _mlp_entries(gen: _Gen, module: ir.CatMLP | ir.NumMLP) -> list[tuple[str, str, int]]:
