@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.test_induction_circuit import induction_program
 from tprog import ir
 from tprog.codegen import load_program_module, program_to_python, write_program
 from tprog.errors import InputError
@@ -417,9 +418,11 @@ def test_generated_source_reads_like_a_program(tmp_path: Path) -> None:
     assert "    if q_token == 'c':\n        return k_token == 'b'\n" in source
     assert "    else:\n        return k_token == 'a'\n" in source
     assert "def num_predicate_0_0(q_token, k_token):" in source
-    # 'b' targets id 0 (<pad>), which no key ever holds
-    assert "    if q_token == 'b':\n        return False\n" in source
-    assert "    elif q_token == 'c':\n        return k_token == 'c'\n" in source
+    # 'b' targets id 0 (<pad>), which no key ever holds; 'a' and 'c' ask for themselves
+    assert (
+        "    if q_token == 'b':\n        return False\n"
+        "    else:\n        return k_token == q_token\n"
+    ) in source
     assert "MLP_0_0 = {('a', 3): 2}" in source
     assert "return MLP_0_0.get((token, position), 1)" in source
     assert "NUM_MLP_0_0 = {(1, 2): 3}" in source
@@ -485,3 +488,16 @@ def test_generated_code_is_ruff_clean(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_positional_predicates_print_as_offsets() -> None:
+    """The induction circuit's previous-token head: k == q - 1, except where q - 1 is not a
+    position (query 0 asks for the last position)."""
+    k = 6
+    vocab = ("<pad>", "<s>", "a", "b", "1", "2")
+    program = induction_program(vocab, ("<pad>", "1", "2", "<unk>"), k)
+    source, _ = program_to_python(program)
+    assert (
+        "    if q_position == 0:\n        return k_position == 5\n"
+        "    else:\n        return k_position == q_position - 1\n"
+    ) in source
