@@ -113,17 +113,17 @@ def _environment(program: Program, basis: Basis) -> dict[str, np.ndarray]:
     """Every variable of ``program`` on every basis input: name -> ``[B, n]``, each in the
     smallest integer type that holds it (a whole domain can be hundreds of thousands of inputs
     times dozens of variables)."""
-    chunks = [
-        evaluate(program, basis.ids[s : s + _CHUNK], basis.lengths[s : s + _CHUNK])
-        for s in range(0, len(basis.ids), _CHUNK)
-    ]
-    env = {}
-    for name in chunks[0] if chunks else ():
-        low = min(int(chunk[name].min(initial=0)) for chunk in chunks)
-        high = max(int(chunk[name].max(initial=0)) for chunk in chunks)
-        dtype = np.result_type(np.min_scalar_type(low), np.min_scalar_type(high))
-        env[name] = np.concatenate([chunk[name].astype(dtype) for chunk in chunks])
-    return env
+    chunks = []  # each chunk in its own smallest type at once: int64 would not fit in memory
+    for s in range(0, len(basis.ids), _CHUNK):
+        values = evaluate(program, basis.ids[s : s + _CHUNK], basis.lengths[s : s + _CHUNK])
+        chunks.append({name: _smallest(array) for name, array in values.items()})
+    names = chunks[0] if chunks else ()
+    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in names}
+
+
+def _smallest(array: np.ndarray) -> np.ndarray:
+    low, high = int(array.min(initial=0)), int(array.max(initial=0))
+    return array.astype(np.result_type(np.min_scalar_type(low), np.min_scalar_type(high)))
 
 
 def _real_positions(basis: Basis) -> np.ndarray:
