@@ -41,13 +41,21 @@ class Basis:
     ids: np.ndarray  # [B, n_ctx] token ids, 0-padded
     lengths: np.ndarray  # [B]
     description: str  # e.g. "the whole input domain (19530 inputs)"
+    # Every input the program can be given: only then is a simplified program equal to its
+    # original everywhere, and a difference found later a bug rather than expected.
+    whole_domain: bool = False
 
 
 def simplify(program: Program, basis: Basis) -> Program:
-    """All passes in order; the result records its basis in ``meta["simplified_on"]``."""
+    """All passes in order; the result records its basis in ``meta``."""
     for simplification in PASSES:
         program = simplification(program, basis)
-    return replace(program, meta={**program.meta, "simplified_on": basis.description})
+    meta = {
+        **program.meta,
+        "simplified_on": basis.description,
+        "simplified_on_whole_domain": basis.whole_domain,
+    }
+    return replace(program, meta=meta)
 
 
 def remove_dead_modules(program: Program, basis: Basis) -> Program:
