@@ -1,10 +1,10 @@
 """The residual layout: the one record of which variable lives where.
 
 The residual stream is two stacks that only ever grow: a categorical stack
-``[batch, n_ctx, n_cat_vars, d_var]`` of (near) one-hot variables and a numerical stack
-``[batch, n_ctx, n_num_vars]``. Variables are appended in a fixed order, so a variable's
-index in its stack, its name and the module that writes it are all derived here and nowhere
-else.
+``[n_cat_vars, batch, n_ctx, d_var]`` of (near) one-hot variables and a numerical stack
+``[n_num_vars, batch, n_ctx]`` (variable-major, held as chunks: see `layers.read_vars`).
+Variables are appended in a fixed order, so a variable's index in its stack, its name and the
+module that writes it are all derived here and nowhere else.
 
 Categorical stack order: tokens, positions, then per layer its categorical heads, categorical
 MLPs and numerical MLPs (numerical MLPs output categorical variables). Numerical stack order:
