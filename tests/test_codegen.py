@@ -54,11 +54,7 @@ def random_program(seed: int, tokens: tuple[str, ...] = PLAIN, labels=None) -> i
     unk = "<unk>" if "<unk>" in vocab else None
     cat = {"tokens": "token", "positions": "int"}  # name -> value type
     num = {"ones": 1}  # name -> largest value it can hold
-    variables = [
-        ir.Variable("tokens", "categorical", "token"),
-        ir.Variable("positions", "categorical"),
-        ir.Variable("ones", "numerical"),
-    ]
+    variables = list(ir.INPUT_VARIABLES)
     modules: list[ir.Module] = []
 
     def pick(names):
@@ -382,9 +378,7 @@ def _hand_program() -> ir.Program:
     """tokens 'a'/'b'/'c': head reads the previous 'a'; an MLP over (token, position)."""
     vocab = ("<pad>", "a", "b", "c")
     variables = (
-        ir.Variable("tokens", "categorical", "token"),
-        ir.Variable("positions", "categorical"),
-        ir.Variable("ones", "numerical"),
+        *ir.INPUT_VARIABLES,
         ir.Variable("attn_0_0_outputs", "categorical", "token"),
         ir.Variable("num_attn_0_0_outputs", "numerical"),
         ir.Variable("mlp_0_0_outputs", "categorical"),

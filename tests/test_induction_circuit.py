@@ -30,9 +30,7 @@ def induction_program(vocab: tuple[str, ...], labels: tuple[str, ...], k: int) -
         d_var=k,
         causal=True,
         variables=(
-            ir.Variable("tokens", "categorical", "token"),
-            ir.Variable("positions", "categorical"),
-            ir.Variable("ones", "numerical"),
+            *ir.INPUT_VARIABLES,
             ir.Variable("attn_0_0_outputs", "categorical", "token"),
             ir.Variable("attn_1_0_outputs", "categorical", "token"),
         ),

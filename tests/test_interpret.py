@@ -36,11 +36,7 @@ def random_program(rng: np.random.Generator, n_ctx: int, causal: bool) -> ir.Pro
     reachable range; predicates often want values that no key holds, or NEVER."""
     d_var = max(n_ctx, len(VOCAB)) + int(rng.integers(0, 3))
     cat, num = ["tokens", "positions"], {"ones": 1}  # num: name -> largest value
-    variables = [
-        ir.Variable("tokens", "categorical", "token"),
-        ir.Variable("positions", "categorical"),
-        ir.Variable("ones", "numerical"),
-    ]
+    variables = list(ir.INPUT_VARIABLES)
     modules: list[ir.Module] = []
 
     def pick(names):

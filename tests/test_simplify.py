@@ -134,9 +134,7 @@ def _counting_program(table_width: int) -> ir.Program:
         d_var=k,
         causal=False,
         variables=(
-            ir.Variable("tokens", "categorical", "token"),
-            ir.Variable("positions", "categorical"),
-            ir.Variable("ones", "numerical"),
+            *ir.INPUT_VARIABLES,
             ir.Variable("num_attn_0_0_outputs", "numerical"),
             ir.Variable("num_mlp_0_0_outputs", "categorical"),
         ),

@@ -149,9 +149,7 @@ def copy_program(wrong: dict[str, str] | None = None) -> ir.Program:
         d_var=4,
         causal=False,
         variables=(
-            ir.Variable("tokens", "categorical", "token"),
-            ir.Variable("positions", "categorical"),
-            ir.Variable("ones", "numerical"),
+            *ir.INPUT_VARIABLES,
             ir.Variable("attn_0_0_outputs", "categorical", "token"),
         ),
         modules=(
@@ -261,11 +259,7 @@ def _token_echo(vocab: tuple[str, ...], labels: tuple[str, ...], n_ctx: int) -> 
         n_ctx=n_ctx,
         d_var=len(vocab),
         causal=False,
-        variables=(
-            ir.Variable("tokens", "categorical", "token"),
-            ir.Variable("positions", "categorical"),
-            ir.Variable("ones", "numerical"),
-        ),
+        variables=ir.INPUT_VARIABLES,
         modules=(),
         classifier=ir.Classifier(
             labels=labels,

@@ -69,9 +69,9 @@ class _Gen:
         if program.unk is not None and program.unk not in program.vocab[1:]:
             raise ValueError(f"the program's unk token {program.unk!r} is not in its vocabulary.")
         declared = {v.name: v.value_type for v in program.variables if v.kind == "categorical"}
-        self.types = {"tokens": "token", "positions": "int", "ones": "int"}
+        self.types = {v.name: v.value_type for v in ir.INPUT_VARIABLES}
         self.real = {"tokens"}  # hold only real tokens (never <pad>): copies of the input
-        names, self.functions = ["tokens", "positions", "ones"], []
+        names, self.functions = [v.name for v in ir.INPUT_VARIABLES], []
         for module in program.modules:
             attention = isinstance(module, ir.CatAttention | ir.NumAttention)
             for name in (module.query, module.key, module.value) if attention else module.inputs:

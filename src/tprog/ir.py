@@ -40,6 +40,14 @@ class Variable:
     values: tuple[int, ...] | None = None
 
 
+# Every program's first variables, computed from the input rather than by a module.
+INPUT_VARIABLES = (
+    Variable("tokens", "categorical", "token"),
+    Variable("positions", "categorical"),
+    Variable("ones", "numerical"),
+)
+
+
 @dataclass(frozen=True)
 class CatAttention:
     """``out[i] = value[j*]`` where ``j*`` is the closest allowed ``j`` with
