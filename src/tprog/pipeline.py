@@ -1,4 +1,5 @@
-"""The library functions behind the CLI: train+decompile, decompile, evaluate, run, verify."""
+"""The library functions behind the CLI: train (+refine) + decompile, decompile, evaluate, run,
+verify."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tprog.errors import FaithfulnessError, InputError, RunDirError
 from tprog.faithful import rows_agree
 from tprog.interpret import predict_ids, run_program
 from tprog.ir import Program
+from tprog.refine import refine
 from tprog.rundir import (
     PROGRAM_JSON,
     load_config,
@@ -45,6 +47,7 @@ def train_and_decompile(
     config, dataset = resolve(config)
     prepare_run_dir(Path(out_dir), overwrite)
     run = train(config, out_dir, progress=progress, dataset=dataset)
+    refine(run, dataset, progress=progress)
     return decompile(run, dataset=dataset, model=run.load_model())
 
 
@@ -75,6 +78,7 @@ def resume_and_decompile(
         raise RunDirError(f"{run_dir} is a run of task {config.task!r}, not {task!r}.")
     config, dataset = resolve(config)
     run = train(config, Path(run_dir), progress=progress, dataset=dataset, resume=True)
+    refine(run, dataset, progress=progress)
     return decompile(run, dataset=dataset, model=run.load_model())
 
 

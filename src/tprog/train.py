@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,72 @@ def resolve(config: RunConfig) -> tuple[RunConfig, Dataset]:
     return config.model_copy(update={"model": model_cfg}), dataset
 
 
+@dataclass
+class Session:
+    """A run being trained: what every epoch needs, whichever stage it belongs to."""
+
+    model: TransformerProgram
+    optimizer: torch.optim.Optimizer
+    config: RunConfig
+    val: Tensors
+    # "data" initialised the model and then shuffles; "noise" draws the Gumbel noise.
+    generators: dict[str, torch.Generator]
+    out_dir: Path
+    progress: bool
+
+    @classmethod
+    def start(
+        cls, run: Run, dataset: Dataset, *, progress: bool, resume: bool
+    ) -> tuple[Session, int]:
+        """A fresh model, optimiser and generators, restored from the run's checkpoint when
+        resuming; returns the session and the epochs already done."""
+        config, device = run.config, run.config.train.device
+        generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        model = run.new_model(generator).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+        generators = {
+            "data": generator,
+            "noise": torch.Generator(device=device).manual_seed(config.seed),
+        }
+        session = cls(
+            model,
+            optimizer,
+            config,
+            Tensors.of(dataset.val, device),
+            generators,
+            run.path,
+            progress,
+        )
+        done = 0
+        if resume and (run.path / CHECKPOINT).is_file():
+            done = restore_checkpoint(
+                run.path / CHECKPOINT,
+                config_json=config.to_json(),
+                model=model,
+                optimizer=optimizer,
+                generators=generators,
+            )
+        for log in (METRICS, TIMING):  # lines past the checkpoint are replayed
+            _keep_first_lines(run.path / log, done)
+        return session, done
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stretch of epochs over one training set, with its own temperature schedule."""
+
+    data: Tensors
+    taus: np.ndarray  # one temperature per optimisation step of the stage
+    start: int  # epochs of the run completed before the stage begins
+    epochs: int
+    checkpoint_every: int
+    label: dict[str, int] = field(default_factory=dict)  # added to each metrics record
+
+    @property
+    def end(self) -> int:
+        return self.start + self.epochs
+
+
 def train(
     config: RunConfig,
     out_dir: Path,
@@ -130,65 +196,53 @@ def train(
     labels = {"tokens": list(dataset.vocab.tokens), "labels": list(dataset.labels.tokens)}
     write_json(out_dir / VOCAB, labels)
     run = Run(out_dir, config, get_task(config.task), dataset.vocab, dataset.labels)
-    device = config.train.device
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    model = run.new_model(generator).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    # "data" initialised the model and then shuffles; "noise" draws the Gumbel noise.
-    generators = {
-        "data": generator,
-        "noise": torch.Generator(device=device).manual_seed(config.seed),
-    }
-    done = 0
-    if resume and (out_dir / CHECKPOINT).is_file():
-        done = restore_checkpoint(
-            out_dir / CHECKPOINT,
-            config_json=config.to_json(),
-            model=model,
-            optimizer=optimizer,
-            generators=generators,
-        )
-    for log in (METRICS, TIMING):  # lines past the checkpoint are replayed
-        _keep_first_lines(out_dir / log, done)
-    data = Tensors.of(dataset.train, device), Tensors.of(dataset.val, device)
-    _fit(model, optimizer, config, data, generators, out_dir, done, progress)
-    save_model(out_dir / MODEL, model.cpu(), config)
+    session, done = Session.start(run, dataset, progress=progress, resume=resume)
+    cfg = config.train
+    train_t = Tensors.of(dataset.train, cfg.device)
+    steps = cfg.epochs * math.ceil(len(train_t.ids) / cfg.batch_size)
+    stage = Stage(
+        train_t,
+        tau_schedule(cfg.tau_start, cfg.tau_end, steps),
+        0,
+        cfg.epochs,
+        cfg.checkpoint_every,
+    )
+    fit(session, stage, done)
+    save_model(out_dir / MODEL, session.model.cpu(), config)
     return run
 
 
-def _fit(
-    model: TransformerProgram,
-    optimizer: torch.optim.Optimizer,
-    config: RunConfig,
-    data: tuple[Tensors, Tensors],  # train, val
-    generators: dict[str, torch.Generator],
-    out_dir: Path,
-    done: int,  # epochs already completed (resumed from a checkpoint)
-    progress: bool,
-) -> None:
-    cfg, (train_t, val_t) = config.train, data
-    n = len(train_t.ids)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    taus = tau_schedule(cfg.tau_start, cfg.tau_end, cfg.epochs * steps_per_epoch)
+def fit(session: Session, stage: Stage, done: int) -> None:
+    """Run the epochs of ``stage`` not among the ``done`` epochs of the run, logging metrics
+    and timing per epoch and checkpointing every ``stage.checkpoint_every`` and at its end."""
+    model, config, cfg = session.model, session.config, session.config.train
+    steps_per_epoch = math.ceil(len(stage.data.ids) / cfg.batch_size)
     epochs = tqdm(
-        range(done, cfg.epochs),
+        range(max(done, stage.start), stage.end),
         desc=config.task,
         unit="epoch",
-        total=cfg.epochs,
-        initial=done,
-        disable=not progress,
+        total=stage.end,
+        initial=max(done, stage.start),
+        disable=not session.progress,
         leave=False,
     )
-    step = done * steps_per_epoch
     for epoch in epochs:
         started = time.perf_counter()
+        first_step = (epoch - stage.start) * steps_per_epoch
         train_loss, step = _train_epoch(
-            model, optimizer, train_t, cfg.batch_size, taus, step, generators
+            model,
+            session.optimizer,
+            stage.data,
+            cfg.batch_size,
+            stage.taus,
+            first_step,
+            session.generators,
         )
         record = {
             "epoch": epoch + 1,
+            **stage.label,
             "step": step,
-            "tau": float(taus[step - 1]),
+            "tau": float(stage.taus[step - 1]),
             "train_loss": train_loss,
         }
         if not math.isfinite(record["train_loss"]):
@@ -196,23 +250,25 @@ def _fit(
                 f"training diverged at epoch {epoch + 1} (loss is {record['train_loss']}); "
                 "try a lower train.lr."
             )
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        last = epoch + 1 == stage.end
+        if (epoch + 1) % cfg.eval_every == 0 or last:
             model.eval()
-            predicted = predict(model, val_t.ids, val_t.lengths, exact=False)
-            record["val_accuracy"] = accuracy(predicted, val_t.targets)
+            predicted = predict(model, session.val.ids, session.val.lengths, exact=False)
+            record["val_accuracy"] = accuracy(predicted, session.val.targets)
         # Timing lives apart from the metrics, which are identical run to run.
-        _append_line(
-            out_dir / TIMING, {"epoch": epoch + 1, "seconds": time.perf_counter() - started}
+        append_line(
+            session.out_dir / TIMING,
+            {"epoch": epoch + 1, "seconds": time.perf_counter() - started},
         )
-        _append_line(out_dir / METRICS, record)
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+        append_line(session.out_dir / METRICS, record)
+        if (epoch + 1 - stage.start) % stage.checkpoint_every == 0 or last:
             save_checkpoint(
-                out_dir / CHECKPOINT,
+                session.out_dir / CHECKPOINT,
                 epoch=epoch + 1,
                 config_json=config.to_json(),
                 model=model,
-                optimizer=optimizer,
-                generators=generators,
+                optimizer=session.optimizer,
+                generators=session.generators,
             )
         epochs.set_postfix(loss=f"{record['train_loss']:.3f}", val=record.get("val_accuracy"))
     model.eval()
@@ -253,6 +309,6 @@ def _keep_first_lines(path: Path, count: int) -> None:
     write_atomic(path, "".join(lines))
 
 
-def _append_line(path: Path, record: dict) -> None:
+def append_line(path: Path, record: dict) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")

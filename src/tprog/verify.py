@@ -101,7 +101,7 @@ def verify_program(
         if (reference.vocab, reference.classifier.labels) != (program.vocab, labels):
             raise ConfigError(f"reference program {name!r} has other tokens or labels.")
     rng = np.random.default_rng(seed)
-    mode, domain_size, chunks = _plan(task, data, max_inputs, sample, rng)
+    mode, domain_size, chunks = plan_inputs(task, data, max_inputs, sample, rng)
     tally = _Tally(program, reference_programs)
     for inputs, targets in chunks:
         tally.add(inputs, targets)
@@ -132,7 +132,7 @@ def verify_for_run(
     )
 
 
-def _plan(
+def plan_inputs(
     task: Task, data: DataConfig, max_inputs: int, sample: int, rng: np.random.Generator
 ) -> tuple[str, int | None, Iterator[Chunk]]:
     """``(mode, domain size, chunks of inputs with targets)``: the domain when it is small

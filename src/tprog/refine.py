@@ -1,0 +1,191 @@
+"""Counterexample-guided refinement: find what the program gets wrong on the task's whole input
+domain, add it to the training data, train on, and repeat.
+
+Training sees only the inputs the generator happened to draw, so a program can score 99.9% on
+its test split and still be wrong on hundreds of inputs it can receive. After the main schedule,
+each of up to ``train.refine`` rounds:
+
+1. runs the hard model, which computes exactly what the program computes, on every input of the
+   task's domain (a fresh uniform sample of it when the domain is too large to enumerate, as
+   `tprog verify` does);
+2. adds every wrong input ``train.refine_repeat`` times to the training split; with
+   ``train.refine_holdout`` (the default) val and test inputs are never added, so the test
+   accuracy stays a held-out figure and val stays fit for model selection;
+3. trains ``train.refine_epochs`` more epochs, the temperature re-annealed geometrically from
+   ``train.refine_tau`` to ``train.tau_end``.
+
+Rounds stop early when nothing that may be added is wrong. Every measurement is one line of
+``refinement.jsonl`` (round 0 is the model as trained), which results.json repeats.
+
+A round checkpoints only at its end, and its counterexamples are a deterministic function of the
+model at its start, so a resumed run repeats an interrupted round exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tprog.data import Dataset, Split, encode_split
+from tprog.model.program import TransformerProgram
+from tprog.rundir import MODEL, Run, save_model, write_atomic
+from tprog.tasks.registry import Example
+from tprog.train import Session, Stage, Tensors, accuracy, append_line, fit, predict, tau_schedule
+from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, plan_inputs
+
+REFINEMENT = "refinement.jsonl"
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """The hard model on the task's domain (or a uniform sample of it)."""
+
+    mode: str  # "whole domain", "uniform sample of N" or "generator sample of N"
+    n_inputs: int
+    token_accuracy: float  # over non-<pad> targets
+    sequence_accuracy: float  # inputs with every scored position right
+    wrong: list[Example]  # every input with a wrong scored position, with its targets
+
+
+def refine(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Refine the trained run in ``run.path`` (see the module docstring), continuing from its
+    checkpoint, and rewrite model.pt; returns the round records (none if refinement is off)."""
+    cfg = run.config.train
+    if not cfg.refine:
+        return []
+    session, done = Session.start(run, dataset, progress=progress, resume=True)
+    _keep_records_before(run.path / REFINEMENT, done)
+    held_out = {tuple(x) for split in (dataset.val, dataset.test) for x in split.inputs}
+    for round_ in range(1, cfg.refine + 1):
+        start = cfg.epochs + (round_ - 1) * cfg.refine_epochs
+        if done >= start + cfg.refine_epochs:
+            continue  # finished before the run was resumed; its record is in the log
+        check = check_domain(session.model, run, dataset, round_ - 1)
+        added = [ex for ex in check.wrong if not (cfg.refine_holdout and tuple(ex[0]) in held_out)]
+        _record(session, run, dataset, check, round_ - 1, start, len(added))
+        if not added:
+            break
+        stage = Stage(
+            _with_counterexamples(dataset, added, cfg.refine_repeat, cfg.device),
+            _round_taus(run, len(dataset.train) + cfg.refine_repeat * len(added)),
+            start,
+            cfg.refine_epochs,
+            cfg.refine_epochs,  # one checkpoint, at the round's end (see the module docstring)
+            {"round": round_},
+        )
+        fit(session, stage, done)
+    else:
+        end = cfg.epochs + cfg.refine * cfg.refine_epochs
+        check = check_domain(session.model, run, dataset, cfg.refine)
+        _record(session, run, dataset, check, cfg.refine, end, None)
+    save_model(run.path / MODEL, session.model.cpu(), run.config)
+    return read_records(run.path)
+
+
+def check_domain(model: TransformerProgram, run: Run, dataset: Dataset, round_: int) -> DomainCheck:
+    """Run the hard model on the task's domain; a sampled domain gets a fresh sample per round,
+    so that each round's figure is measured on inputs it did not train on."""
+    config = run.config
+    rng = np.random.default_rng([config.seed, round_])
+    mode, _, chunks = plan_inputs(run.task, config.data, DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, rng)
+    n_inputs = n_scored = n_right = 0
+    wrong: list[Example] = []
+    for inputs, targets in chunks:
+        split = encode_split(list(zip(inputs, targets, strict=True)), *_vocabs(dataset))
+        predicted = _hard(model, split, config.train.device)
+        scored = split.target_ids != 0
+        right = predicted == split.target_ids
+        bad = (scored & ~right).any(axis=1)
+        wrong += [(inputs[row], targets[row]) for row in np.flatnonzero(bad).tolist()]
+        n_inputs += len(inputs)
+        n_scored += int(scored.sum())
+        n_right += int((scored & right).sum())
+    token_accuracy = n_right / n_scored if n_scored else math.nan
+    return DomainCheck(mode, n_inputs, token_accuracy, 1 - len(wrong) / n_inputs, wrong)
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The round records of a run directory, oldest first (none without refinement)."""
+    path = Path(run_dir) / REFINEMENT
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _vocabs(dataset: Dataset) -> tuple[Any, Any, int]:
+    return dataset.vocab, dataset.labels, dataset.n_ctx
+
+
+def _hard(model: TransformerProgram, split: Split, device: str) -> np.ndarray:
+    ids = torch.as_tensor(split.ids, device=device)
+    return predict(model, ids, torch.as_tensor(split.lengths, device=device)).cpu().numpy()
+
+
+def _with_counterexamples(
+    dataset: Dataset, added: list[Example], repeat: int, device: str
+) -> Tensors:
+    """The training split followed by ``repeat`` copies of each added counterexample."""
+    extra = encode_split(added, *_vocabs(dataset))
+    train = dataset.train
+
+    def stacked(ours: np.ndarray, theirs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(
+            np.concatenate([ours, np.repeat(theirs, repeat, axis=0)]), device=device
+        )
+
+    return Tensors(
+        stacked(train.ids, extra.ids),
+        stacked(train.target_ids, extra.target_ids),
+        stacked(train.lengths, extra.lengths),
+    )
+
+
+def _round_taus(run: Run, n_examples: int) -> np.ndarray:
+    cfg = run.config.train
+    steps = cfg.refine_epochs * math.ceil(n_examples / cfg.batch_size)
+    return tau_schedule(cfg.refine_tau, cfg.tau_end, steps)
+
+
+def _record(
+    session: Session,
+    run: Run,
+    dataset: Dataset,
+    check: DomainCheck,
+    round_: int,
+    epoch: int,
+    n_added: int | None,
+) -> None:
+    """Log the model's figures after ``round_`` rounds (0: as trained)."""
+    device = run.config.train.device
+    record = {
+        "round": round_,
+        "epoch": epoch,
+        "domain": check.mode,
+        "n_inputs": check.n_inputs,
+        "token_accuracy": check.token_accuracy,
+        "sequence_accuracy": check.sequence_accuracy,
+        "n_wrong": len(check.wrong),
+        "n_added": n_added,  # counterexamples the next round trains on; None after the last
+        **{
+            f"{name}_accuracy": accuracy(
+                torch.as_tensor(_hard(session.model, split, device)),
+                torch.as_tensor(split.target_ids),
+            )
+            for name in ("val", "test")
+            for split in [getattr(dataset, name)]
+        },
+    }
+    append_line(run.path / REFINEMENT, record)
+
+
+def _keep_records_before(path: Path, epoch: int) -> None:
+    """Drop the records of measurements at or after ``epoch``: a resumed run makes them again."""
+    kept = [record for record in read_records(path.parent) if record["epoch"] < epoch]
+    if path.is_file():
+        write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

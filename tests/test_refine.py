@@ -1,0 +1,118 @@
+"""Counterexample-guided refinement: rounds measured on the whole domain, held-out inputs never
+trained on, results recorded, and an interrupted refinement resumes to the identical result."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tprog import train as train_module
+from tprog.data import build_dataset
+from tprog.errors import ConfigError
+from tprog.pipeline import load_program, resume_and_decompile, train_and_decompile
+from tprog.refine import REFINEMENT, check_domain, read_records
+from tprog.rundir import load_run
+from tprog.tasks import task_config
+from tprog.verify import verify_program
+
+# hist over inputs of at most 4 symbols: a domain of 6 + 36 + 216 + 1296 = 1,554 inputs, on which
+# a 1-layer model trained for 3 epochs is still wrong often enough to refine.
+TINY = {
+    "data.size": 400,
+    "data.max_length": 5,
+    "model.n_layers": 1,
+    "model.n_heads_cat": 1,
+    "model.n_heads_num": 1,
+    "model.n_mlps_cat": 0,
+    "model.n_mlps_num": 1,
+    "model.d_mlp": 8,
+    "train.epochs": 3,
+    "train.checkpoint_every": 2,
+    "train.refine": 2,
+    "train.refine_epochs": 2,
+    "train.refine_repeat": 3,
+}
+OUTPUTS = ("model.pt", "metrics.jsonl", REFINEMENT, "results.json", "program.json")
+
+
+def refined_run(out: Path, **overrides) -> Path:
+    train_and_decompile(task_config("hist", {**TINY, **overrides}), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    return refined_run(tmp_path_factory.mktemp("refine") / "hist")
+
+
+def test_rounds_are_recorded_in_the_log_and_results(reference) -> None:
+    records = read_records(reference)
+    results = json.loads((reference / "results.json").read_text())
+    assert results["refinement"] == records
+    assert [r["round"] for r in records] == list(range(len(records)))
+    assert records[0]["epoch"] == TINY["train.epochs"]
+    assert records[0]["n_wrong"] > 0, "the tiny model should leave something to refine"
+    for record in records:
+        assert record["domain"] == "whole domain" and record["n_inputs"] == 1554
+    # Each round trains refine_epochs more epochs, logged with its round number.
+    metrics = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    rounds_trained = sum(1 for r in records if r["n_added"])
+    assert len(metrics) == TINY["train.epochs"] + rounds_trained * TINY["train.refine_epochs"]
+    assert {m.get("round") for m in metrics[TINY["train.epochs"] :]} <= {1, 2}
+
+
+def test_the_final_record_is_the_decompiled_program_on_the_whole_domain(reference) -> None:
+    run = load_run(reference)
+    report = verify_program(load_program(reference), run.task, run.config.data)
+    final = read_records(reference)[-1]
+    assert report.n_wrong == final["n_wrong"]
+    assert report.token_accuracy == pytest.approx(final["token_accuracy"])
+    results = json.loads((reference / "results.json").read_text())
+    assert results["test_accuracy"] == pytest.approx(final["test_accuracy"])
+
+
+def test_held_out_inputs_are_never_added(reference) -> None:
+    run = load_run(reference)
+    dataset = build_dataset(run.task, run.config)
+    held_out = {tuple(x) for split in (dataset.val, dataset.test) for x in split.inputs}
+    check = check_domain(run.load_model(), run, dataset, 0)
+    eligible = [x for x, _ in check.wrong if tuple(x) not in held_out]
+    assert len(eligible) < len(check.wrong), "the domain check should also find held-out inputs"
+    final = read_records(reference)[-1]
+    assert final["n_wrong"] == len(check.wrong)
+    if final["n_added"] is not None:  # stopped early: it says what the next round would add
+        assert final["n_added"] == len(eligible)
+
+
+def test_without_holdout_every_counterexample_is_added(tmp_path) -> None:
+    run_dir = refined_run(tmp_path / "hist", **{"train.refine": 1, "train.refine_holdout": False})
+    first = read_records(run_dir)[0]
+    assert first["n_added"] == first["n_wrong"] > 0
+
+
+@pytest.mark.slow
+def test_interrupted_refinement_resumes_to_the_same_result(reference, tmp_path, monkeypatch):
+    """Killed inside round 2 (its checkpoint is at the end of round 1), then resumed."""
+    real_epoch, calls = train_module._train_epoch, []
+
+    def dying_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == TINY["train.epochs"] + TINY["train.refine_epochs"] + 1:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_epoch", dying_epoch)
+    out = tmp_path / "hist"
+    with pytest.raises(KeyboardInterrupt):
+        refined_run(out)
+    assert not (out / "results.json").exists()
+    monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
+    resume_and_decompile(out, progress=False)
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_refine_tau_below_tau_end_is_refused(tmp_path) -> None:
+    config = task_config("hist", {**TINY, "train.refine_tau": 0.001})
+    with pytest.raises(ConfigError, match="refine_tau"):
+        train_and_decompile(config, tmp_path / "hist", progress=False)
