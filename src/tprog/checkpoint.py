@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from tprog.errors import RunDirError
-from tprog.model.program import TransformerProgram
 from tprog.rundir import load_state, load_torch_file, save_torch_file
 
 CHECKPOINT = "checkpoint.pt"
@@ -24,7 +23,7 @@ def save_checkpoint(
     *,
     epoch: int,
     config_json: str,
-    model: TransformerProgram,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     generators: dict[str, torch.Generator],
 ) -> None:
@@ -45,7 +44,7 @@ def restore_checkpoint(
     path: Path,
     *,
     config_json: str,
-    model: TransformerProgram,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     generators: dict[str, torch.Generator],
 ) -> int:

@@ -24,6 +24,7 @@ from tprog.pipeline import (
     train_and_decompile,
     verify_dir,
 )
+from tprog.sweep import BACKENDS, describe_sweep, run_sweep
 from tprog.tasks.registry import all_tasks, get_task, import_task_module, task_config
 from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, VERIFY_JSON, VerifyReport
 
@@ -104,6 +105,12 @@ def _print_results(results: dict, program_path: Path) -> None:
         f"test accuracy {results['test_accuracy']:.4f} "
         f"(val {results['val_accuracy']:.4f}, train {results['train_accuracy']:.4f})"
     )
+    if results.get("model") == "standard":  # the baseline: no program to report on
+        click.echo(
+            "standard Transformer, weights of the best validation epoch "
+            f"({results['best_epoch']} of {results['epochs']})"
+        )
+        return
     agreement = results["agreement"]
     click.echo(
         f"faithfulness: program == hard model on {agreement['ir']:.6f} (IR) and "
@@ -198,6 +205,33 @@ def _print_columns(rows: dict[str, tuple[str, ...]]) -> None:
     for name, row in rows.items():
         cells = " ".join(token.ljust(width) for token, width in zip(row, widths, strict=True))
         click.echo(f"  {name:<10}{cells}".rstrip())
+
+
+@cli.command()
+@click.argument("sweep_file", type=click.Path(path_type=Path))
+@click.option("--workers", type=click.IntRange(min=1), help="Runs at once [one per CPU core].")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="local",
+    show_default=True,
+    help="Where runs go.",
+)
+@click.option("--address", help="Ray cluster address [RAY_ADDRESS, else a local Ray instance].")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder [sweeps/NAME].")
+@click.option("--dry-run", is_flag=True, help="List the runs and which are done; train nothing.")
+def sweep(sweep_file, workers, backend, address, out, dry_run) -> None:
+    """Run SWEEP_FILE's grid of runs in parallel; rerun the command to resume."""
+    if dry_run:
+        for line in describe_sweep(sweep_file, out):
+            click.echo(line)
+        return
+    result = run_sweep(sweep_file, out=out, workers=workers, backend=backend, address=address)
+    click.echo(f"{result.csv_path}\n{result.summary_path}")
+    if result.n_failed:
+        raise TprogError(
+            f"{result.n_failed} of {result.n_runs} runs failed; see {result.csv_path}."
+        )
 
 
 def main() -> None:

@@ -51,9 +51,11 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(250, ge=1)
-    batch_size: int = Field(512, ge=1)
-    lr: float = Field(0.05, gt=0)
+    epochs: int = Field(250, ge=1, description="program runs (a standard run: standard.epochs)")
+    batch_size: int = Field(
+        512, ge=1, description="program runs (a standard run: standard.batch_size)"
+    )
+    lr: float = Field(0.05, gt=0, description="program runs (a standard run: standard.lr)")
     tau_start: float = Field(3.0, gt=0, description="Gumbel temperature at the first step")
     tau_end: float = Field(0.01, gt=0, description="Gumbel temperature at the last step")
     eval_every: int = Field(1, ge=1, description="evaluate the hard model on val every N epochs")
@@ -65,8 +67,13 @@ class TrainConfig(_Section):
         0, ge=0, description="rounds of counterexample-guided refinement after training"
     )
     refine_epochs: int = Field(25, ge=1, description="epochs of training per refinement round")
-    refine_tau: float = Field(
-        0.1, gt=0, description="temperature each refinement round re-anneals from, to tau_end"
+    refine_lr: float = Field(
+        0.005, gt=0, description="learning rate of the refinement rounds (fine-tuning)"
+    )
+    refine_tau: float | None = Field(
+        None,
+        gt=0,
+        description="temperature each refinement round anneals from to tau_end; default tau_end",
     )
     refine_repeat: int = Field(
         10, ge=1, description="copies of each counterexample added to the training split"
@@ -234,7 +241,8 @@ def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
         raise ConfigError("the task has no output labels.")
     if config.train.tau_end > config.train.tau_start:
         raise ConfigError("train.tau_end must not exceed train.tau_start (the schedule anneals).")
-    if config.train.refine and config.train.tau_end > config.train.refine_tau:
+    refine_tau = config.train.refine_tau
+    if config.train.refine and refine_tau is not None and config.train.tau_end > refine_tau:
         raise ConfigError("train.tau_end must not exceed train.refine_tau (rounds anneal too).")
     return d_var
 

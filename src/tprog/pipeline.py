@@ -17,7 +17,7 @@ from tprog.decompile import (
     hard_predictions,
     split_accuracy,
 )
-from tprog.errors import FaithfulnessError, InputError, RunDirError
+from tprog.errors import FaithfulnessError, InputError, RunDirError, TprogError
 from tprog.faithful import rows_agree
 from tprog.interpret import predict_ids, run_program
 from tprog.ir import Program
@@ -26,9 +26,11 @@ from tprog.rundir import (
     PROGRAM_JSON,
     load_config,
     load_run,
+    require_program_run,
     write_json,
 )
 from tprog.train import resolve, train
+from tprog.train_standard import train_standard
 from tprog.verify import (
     DEFAULT_MAX_INPUTS,
     DEFAULT_SAMPLE,
@@ -42,10 +44,13 @@ def train_and_decompile(
     config: RunConfig, out_dir: Path, *, overwrite: bool = False, progress: bool = True
 ) -> Outcome:
     """Validate ``config`` and build its data, then (only then) claim ``out_dir``, train,
-    decompile and check faithfulness. An existing run directory is replaced only with
+    decompile and check faithfulness (a standard-Transformer baseline, ``model.kind=standard``,
+    is trained and evaluated only). An existing run directory is replaced only with
     ``overwrite``."""
     config, dataset = resolve(config)
     prepare_run_dir(Path(out_dir), overwrite)
+    if config.model.kind == "standard":  # the baseline: trained and evaluated, no program
+        return train_standard(config, Path(out_dir), progress=progress, dataset=dataset)
     run = train(config, out_dir, progress=progress, dataset=dataset)
     refine(run, dataset, progress=progress)
     return decompile(run, dataset=dataset, model=run.load_model())
@@ -77,6 +82,10 @@ def resume_and_decompile(
     if task is not None and task != config.task:
         raise RunDirError(f"{run_dir} is a run of task {config.task!r}, not {task!r}.")
     config, dataset = resolve(config)
+    if config.model.kind == "standard":
+        return train_standard(
+            config, Path(run_dir), progress=progress, dataset=dataset, resume=True
+        )
     run = train(config, Path(run_dir), progress=progress, dataset=dataset, resume=True)
     refine(run, dataset, progress=progress)
     return decompile(run, dataset=dataset, model=run.load_model())
@@ -104,11 +113,21 @@ def evaluate_dir(path: Path, split_name: str = "test") -> dict[str, float]:
 def load_program(run_dir: Path, name: str = PROGRAM_JSON) -> Program:
     path = Path(run_dir) / name
     if not path.is_file():
+        _refuse_standard_run(Path(run_dir))
         raise RunDirError(f"{path} is missing: run `tprog decompile {run_dir}` first.")
     try:
         return Program.from_json(path.read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError) as exc:
         raise RunDirError(f"{path} is not a valid tprog program ({exc}).") from None
+
+
+def _refuse_standard_run(run_dir: Path) -> None:
+    """A standard-Transformer run has no program.json: say so, rather than suggest decompiling."""
+    try:
+        config = load_config(run_dir)
+    except TprogError:
+        return  # not a readable run directory: the missing program is the error to report
+    require_program_run(config, run_dir)
 
 
 def run_tokens(target: Path, tokens: Sequence[str]) -> list[str]:

@@ -11,8 +11,10 @@ each of up to ``train.refine`` rounds:
 2. adds every wrong input ``train.refine_repeat`` times to the training split; with
    ``train.refine_holdout`` (the default) val and test inputs are never added, so the test
    accuracy stays a held-out figure and val stays fit for model selection;
-3. trains ``train.refine_epochs`` more epochs, the temperature re-annealed geometrically from
-   ``train.refine_tau`` to ``train.tau_end``.
+3. trains ``train.refine_epochs`` more epochs at learning rate ``train.refine_lr`` (a tenth of
+   training's: at the end of the schedule the model is nearly discrete, and Adam turns the
+   small gradients into full-size steps that undo more than they fix), at ``train.tau_end``
+   or annealed geometrically from ``train.refine_tau`` down to it.
 
 Rounds stop early when nothing that may be added is wrong. Every measurement is one line of
 ``refinement.jsonl`` (round 0 is the model as trained), which results.json repeats.
@@ -60,6 +62,8 @@ def refine(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[st
     if not cfg.refine:
         return []
     session, done = Session.start(run, dataset, progress=progress, resume=True)
+    for group in session.optimizer.param_groups:  # fine-tuning: smaller steps than training
+        group["lr"] = cfg.refine_lr
     _keep_records_before(run.path / REFINEMENT, done)
     held_out = {tuple(x) for split in (dataset.val, dataset.test) for x in split.inputs}
     for round_ in range(1, cfg.refine + 1):
@@ -149,7 +153,8 @@ def _with_counterexamples(
 def _round_taus(run: Run, n_examples: int) -> np.ndarray:
     cfg = run.config.train
     steps = cfg.refine_epochs * math.ceil(n_examples / cfg.batch_size)
-    return tau_schedule(cfg.refine_tau, cfg.tau_end, steps)
+    start = cfg.tau_end if cfg.refine_tau is None else cfg.refine_tau
+    return tau_schedule(start, cfg.tau_end, steps)
 
 
 def _record(

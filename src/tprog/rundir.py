@@ -18,7 +18,7 @@ import torch
 from pydantic import ValidationError
 
 from tprog import __version__
-from tprog.config import RunConfig
+from tprog.config import ModelConfig, RunConfig
 from tprog.errors import RunDirError
 from tprog.model.layout import Layout
 from tprog.model.program import Shape, TransformerProgram
@@ -107,6 +107,7 @@ class Run:
         return TransformerProgram(self.shape, masked, generator)
 
     def load_model(self) -> TransformerProgram:
+        require_program_run(self.config, self.path)
         path = self.path / MODEL
         if not path.is_file():
             raise RunDirError(f"{path} is missing: the run has no trained model.")
@@ -116,7 +117,7 @@ class Run:
                 f"{path} holds a model of task {blob.get('task')!r}, but {self.path / CONFIG} "
                 f"is a run of task {self.config.task!r}."
             )
-        if blob.get("model") != self.config.model.model_dump():
+        if not _same_architecture(blob.get("model"), self.config.model):
             raise RunDirError(
                 f"{path} does not match the architecture in {self.path / CONFIG} "
                 f"(it was saved with model settings {blob.get('model')})."
@@ -127,7 +128,16 @@ class Run:
         return model
 
 
-def load_state(model: TransformerProgram, state: dict, path: Path, run_dir: Path) -> None:
+def _same_architecture(saved: object, model: ModelConfig) -> bool:
+    """Whether weights saved with model settings ``saved`` fit ``model``; settings added to
+    tprog since they were saved take their defaults, so older runs still load."""
+    try:
+        return ModelConfig.model_validate(saved) == model
+    except ValidationError:
+        return False
+
+
+def load_state(model: torch.nn.Module, state: dict, path: Path, run_dir: Path) -> None:
     """Load weights, naming the file and the architecture they do not fit when they differ."""
     try:
         model.load_state_dict(state, strict=True)
@@ -204,15 +214,28 @@ def load_config(path: Path) -> RunConfig:
 
 
 def load_run(path: Path) -> Run:
+    """A Transformer Program run (a standard-Transformer run is refused: it has no program)."""
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"run directory {str(path)!r} does not exist.")
     config = load_config(path)
-    vocab_raw = _read_json(path / VOCAB)
+    require_program_run(config, path)
+    vocab, labels = load_vocab(path)
+    return Run(path, config, get_task(config.task), vocab, labels)
+
+
+def load_vocab(path: Path) -> tuple[Vocab, Vocab]:
+    """A run directory's input vocabulary and target labels."""
+    vocab_raw = _read_json(Path(path) / VOCAB)
     try:
-        vocab, labels = Vocab(tuple(vocab_raw["tokens"])), Vocab(tuple(vocab_raw["labels"]))
+        return Vocab(tuple(vocab_raw["tokens"])), Vocab(tuple(vocab_raw["labels"]))
     except (KeyError, TypeError, ValueError):
         raise RunDirError(
-            f"{path / VOCAB} is corrupt (expected tokens and labels lists)."
+            f"{Path(path) / VOCAB} is corrupt (expected tokens and labels lists)."
         ) from None
-    return Run(path, config, get_task(config.task), vocab, labels)
+
+
+def require_program_run(config: RunConfig, path: Path) -> None:
+    """Refuse, in one sentence, a standard-Transformer baseline run where a program is needed."""
+    if config.model.kind == "standard":
+        raise RunDirError(f"{path} is a standard Transformer run; it has no program.")

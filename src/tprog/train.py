@@ -155,7 +155,7 @@ class Session:
                 generators=generators,
             )
         for log in (METRICS, TIMING):  # lines past the checkpoint are replayed
-            _keep_first_lines(run.path / log, done)
+            keep_first_lines(run.path / log, done)
         return session, done
 
 
@@ -301,7 +301,7 @@ def _train_epoch(
     return float(loss_sum) / n, step
 
 
-def _keep_first_lines(path: Path, count: int) -> None:
+def keep_first_lines(path: Path, count: int) -> None:
     """Truncate a JSON-lines log to its first ``count`` lines (all of them gone for 0)."""
     if not path.exists():
         return
