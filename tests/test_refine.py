@@ -10,7 +10,7 @@ from tprog import train as train_module
 from tprog.data import build_dataset
 from tprog.errors import ConfigError
 from tprog.pipeline import load_program, resume_and_decompile, train_and_decompile
-from tprog.refine import REFINEMENT, check_domain, read_records
+from tprog.refine import BEST, REFINEMENT, check_domain, read_records
 from tprog.rundir import load_run
 from tprog.tasks import task_config
 from tprog.verify import verify_program
@@ -31,8 +31,11 @@ TINY = {
     "train.refine": 2,
     "train.refine_epochs": 2,
     "train.refine_repeat": 3,
+    # Steps large enough that the rounds change the model, here for the worse: round 0 is kept.
+    "train.refine_lr": 0.05,
+    "train.refine_tau": 1.0,
 }
-OUTPUTS = ("model.pt", "metrics.jsonl", REFINEMENT, "results.json", "program.json")
+OUTPUTS = ("model.pt", "metrics.jsonl", REFINEMENT, BEST, "results.json", "program.json")
 
 
 def refined_run(out: Path, **overrides) -> Path:
@@ -48,7 +51,7 @@ def reference(tmp_path_factory) -> Path:
 def test_rounds_are_recorded_in_the_log_and_results(reference) -> None:
     records = read_records(reference)
     results = json.loads((reference / "results.json").read_text())
-    assert results["refinement"] == records
+    assert results["refinement"]["rounds"] == records
     assert [r["round"] for r in records] == list(range(len(records)))
     assert records[0]["epoch"] == TINY["train.epochs"]
     assert records[0]["n_wrong"] > 0, "the tiny model should leave something to refine"
@@ -61,33 +64,45 @@ def test_rounds_are_recorded_in_the_log_and_results(reference) -> None:
     assert {m.get("round") for m in metrics[TINY["train.epochs"] :]} <= {1, 2}
 
 
-def test_the_final_record_is_the_decompiled_program_on_the_whole_domain(reference) -> None:
+def kept_record(run_dir: Path) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    return results["refinement"]["rounds"][results["refinement"]["kept_round"]]
+
+
+def test_the_kept_round_has_the_fewest_trainable_counterexamples(reference) -> None:
+    records, kept = read_records(reference), kept_record(reference)
+    assert kept["n_wrong_trainable"] == min(r["n_wrong_trainable"] for r in records)
+    assert all(r["n_wrong_trainable"] > kept["n_wrong_trainable"] for r in records[: kept["round"]])
+
+
+def test_the_decompiled_program_is_the_kept_round(reference) -> None:
+    assert kept_record(reference)["n_wrong"] != read_records(reference)[-1]["n_wrong"]
     run = load_run(reference)
     report = verify_program(load_program(reference), run.task, run.config.data)
-    final = read_records(reference)[-1]
-    assert report.n_wrong == final["n_wrong"]
-    assert report.token_accuracy == pytest.approx(final["token_accuracy"])
+    kept = kept_record(reference)
+    assert report.n_wrong == kept["n_wrong"]
+    assert report.token_accuracy == pytest.approx(kept["token_accuracy"])
     results = json.loads((reference / "results.json").read_text())
-    assert results["test_accuracy"] == pytest.approx(final["test_accuracy"])
+    assert results["test_accuracy"] == pytest.approx(kept["test_accuracy"])
 
 
-def test_held_out_inputs_are_never_added(reference) -> None:
+def test_held_out_inputs_are_never_trained_on(reference) -> None:
     run = load_run(reference)
     dataset = build_dataset(run.task, run.config)
     held_out = {tuple(x) for split in (dataset.val, dataset.test) for x in split.inputs}
     check = check_domain(run.load_model(), run, dataset, 0)
-    eligible = [x for x, _ in check.wrong if tuple(x) not in held_out]
-    assert len(eligible) < len(check.wrong), "the domain check should also find held-out inputs"
-    final = read_records(reference)[-1]
-    assert final["n_wrong"] == len(check.wrong)
-    if final["n_added"] is not None:  # stopped early: it says what the next round would add
-        assert final["n_added"] == len(eligible)
+    trainable = [x for x, _ in check.wrong if tuple(x) not in held_out]
+    assert len(trainable) < len(check.wrong), "the domain check should also find held-out inputs"
+    kept = kept_record(reference)
+    assert (kept["n_wrong"], kept["n_wrong_trainable"]) == (len(check.wrong), len(trainable))
+    for record in read_records(reference):
+        assert record["n_added"] in (0, record["n_wrong_trainable"])
 
 
 def test_without_holdout_every_counterexample_is_added(tmp_path) -> None:
     run_dir = refined_run(tmp_path / "hist", **{"train.refine": 1, "train.refine_holdout": False})
     first = read_records(run_dir)[0]
-    assert first["n_added"] == first["n_wrong"] > 0
+    assert first["n_added"] == first["n_wrong_trainable"] == first["n_wrong"] > 0
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from tprog.interpret import predict_ids
 from tprog.ir import Program
 from tprog.model.program import TransformerProgram
 from tprog.program_stats import code_lines, module_counts
-from tprog.refine import read_records
+from tprog.refine import refinement_summary
 from tprog.rundir import PROGRAM_JSON, PROGRAM_PY, RESULTS, Run, write_atomic, write_json
 from tprog.simplify import Basis, simplify
 from tprog.train import accuracy, predict
@@ -98,7 +98,7 @@ def decompile(
         "simplified_on": basis.description,
         "verification": _verification(report),
         "size": size,
-        "refinement": read_records(run.path),
+        "refinement": refinement_summary(run.path),
         "machine": platform.machine(),
     }
     write_json(run.path / RESULTS, results)

@@ -16,8 +16,10 @@ each of up to ``train.refine`` rounds:
    small gradients into full-size steps that undo more than they fix), at ``train.tau_end``
    or annealed geometrically from ``train.refine_tau`` down to it.
 
-Rounds stop early when nothing that may be added is wrong. Every measurement is one line of
-``refinement.jsonl`` (round 0 is the model as trained), which results.json repeats.
+Rounds stop early when nothing that may be added is wrong. A round can also make things worse,
+so the run keeps the weights of the round with the fewest wrong inputs it may train on (never
+chosen on val/test inputs). Every measurement is one line of ``refinement.jsonl`` (round 0 is the
+model as trained); results.json repeats them and names the round kept.
 
 A round checkpoints only at its end, and its counterexamples are a deterministic function of the
 model at its start, so a resumed run repeats an interrupted round exactly.
@@ -36,12 +38,21 @@ import torch
 
 from tprog.data import Dataset, Split, encode_split
 from tprog.model.program import TransformerProgram
-from tprog.rundir import MODEL, Run, save_model, write_atomic
+from tprog.rundir import (
+    MODEL,
+    Run,
+    load_state,
+    load_torch_file,
+    save_model,
+    save_torch_file,
+    write_atomic,
+)
 from tprog.tasks.registry import Example
 from tprog.train import Session, Stage, Tensors, accuracy, append_line, fit, predict, tau_schedule
 from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, plan_inputs
 
 REFINEMENT = "refinement.jsonl"
+BEST = "refinement_best.pt"  # the weights of the best round so far
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,8 @@ class DomainCheck:
 
 def refine(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str, Any]]:
     """Refine the trained run in ``run.path`` (see the module docstring), continuing from its
-    checkpoint, and rewrite model.pt; returns the round records (none if refinement is off)."""
+    checkpoint, and rewrite model.pt with the best round's weights; returns the round records
+    (none if refinement is off)."""
     cfg = run.config.train
     if not cfg.refine:
         return []
@@ -65,31 +77,99 @@ def refine(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[st
     for group in session.optimizer.param_groups:  # fine-tuning: smaller steps than training
         group["lr"] = cfg.refine_lr
     _keep_records_before(run.path / REFINEMENT, done)
-    held_out = {tuple(x) for split in (dataset.val, dataset.test) for x in split.inputs}
-    for round_ in range(1, cfg.refine + 1):
-        start = cfg.epochs + (round_ - 1) * cfg.refine_epochs
-        if done >= start + cfg.refine_epochs:
-            continue  # finished before the run was resumed; its record is in the log
-        check = check_domain(session.model, run, dataset, round_ - 1)
-        added = [ex for ex in check.wrong if not (cfg.refine_holdout and tuple(ex[0]) in held_out)]
-        _record(session, run, dataset, check, round_ - 1, start, len(added))
-        if not added:
+    rounds = _Rounds(session, run, dataset)
+    for round_ in range(cfg.refine + 1):
+        epoch = cfg.epochs + round_ * cfg.refine_epochs  # the measurement after round_ rounds
+        if done > epoch:
+            continue  # measured before the run was resumed: its record is in the log
+        trainable = rounds.measure(round_, epoch)
+        if round_ == cfg.refine or not trainable:
             break
+        rounds.train(round_ + 1, epoch, trainable, done)
+    rounds.best.load_into(session.model)
+    save_model(run.path / MODEL, session.model.cpu(), run.config)
+    return read_records(run.path)
+
+
+class _Rounds:
+    """Measuring the model on the domain, and training a round on what it gets wrong."""
+
+    def __init__(self, session: Session, run: Run, dataset: Dataset) -> None:
+        self.session, self.run, self.dataset = session, run, dataset
+        self.cfg = run.config.train
+        held_out = (dataset.val, dataset.test) if self.cfg.refine_holdout else ()
+        self.held_out = {tuple(x) for split in held_out for x in split.inputs}
+        self.best = _Best.resume(run.path)
+
+    def measure(self, round_: int, epoch: int) -> list[Example]:
+        """Log the model's figures after ``round_`` rounds (0: as trained), offer it as the best
+        round, and return the wrong inputs a next round may train on."""
+        check = check_domain(self.session.model, self.run, self.dataset, round_)
+        trainable = [ex for ex in check.wrong if tuple(ex[0]) not in self.held_out]
+        last = round_ == self.cfg.refine or not trainable
+        record = {
+            "round": round_,
+            "epoch": epoch,
+            "domain": check.mode,
+            "n_inputs": check.n_inputs,
+            "token_accuracy": check.token_accuracy,
+            "sequence_accuracy": check.sequence_accuracy,
+            "n_wrong": len(check.wrong),
+            "n_wrong_trainable": len(trainable),  # outside val/test, with refine_holdout
+            "n_added": 0 if last else len(trainable),  # what the next round trains on
+            **{
+                f"{name}_accuracy": _split_accuracy(self.session.model, split, self.cfg.device)
+                for name in ("val", "test")
+                for split in [getattr(self.dataset, name)]
+            },
+        }
+        # The weights first, then the record: a run killed in between measures this round
+        # again on resuming, and offers the same weights again.
+        self.best.offer(round_, len(trainable), self.session.model)
+        append_line(self.run.path / REFINEMENT, record)
+        return trainable
+
+    def train(self, round_: int, start: int, added: list[Example], done: int) -> None:
+        cfg = self.cfg
+        data = _with_counterexamples(self.dataset, added, cfg.refine_repeat, cfg.device)
+        steps = cfg.refine_epochs * math.ceil(len(data.ids) / cfg.batch_size)
+        tau_start = cfg.tau_end if cfg.refine_tau is None else cfg.refine_tau
         stage = Stage(
-            _with_counterexamples(dataset, added, cfg.refine_repeat, cfg.device),
-            _round_taus(run, len(dataset.train) + cfg.refine_repeat * len(added)),
+            data,
+            tau_schedule(tau_start, cfg.tau_end, steps),
             start,
             cfg.refine_epochs,
             cfg.refine_epochs,  # one checkpoint, at the round's end (see the module docstring)
             {"round": round_},
         )
-        fit(session, stage, done)
-    else:
-        end = cfg.epochs + cfg.refine * cfg.refine_epochs
-        check = check_domain(session.model, run, dataset, cfg.refine)
-        _record(session, run, dataset, check, cfg.refine, end, None)
-    save_model(run.path / MODEL, session.model.cpu(), run.config)
-    return read_records(run.path)
+        fit(self.session, stage, done)
+
+
+class _Best:
+    """The weights of the round with the fewest trainable wrong inputs (ties: the earlier),
+    kept in ``refinement_best.pt`` so that a resumed run keeps the same round.
+
+    Rounds are chosen on the inputs they may train on, never on val/test (with
+    ``refine_holdout``), so the test accuracy of the kept round stays held out.
+    """
+
+    def __init__(self, path: Path, fewest: int | None) -> None:
+        self.path, self.fewest = path, fewest
+
+    @classmethod
+    def resume(cls, run_dir: Path) -> _Best:
+        records = read_records(run_dir)
+        fewest = min((r["n_wrong_trainable"] for r in records), default=None)
+        return cls(run_dir / BEST, fewest)
+
+    def offer(self, round_: int, n_wrong: int, model: TransformerProgram) -> None:
+        if self.fewest is None or n_wrong < self.fewest:
+            save_torch_file(self.path, {"round": round_, "state_dict": model.state_dict()})
+            self.fewest = n_wrong
+
+    def load_into(self, model: TransformerProgram) -> None:
+        state = load_torch_file(self.path, "state_dict")["state_dict"]
+        load_state(model, state, self.path, self.path.parent)
 
 
 def check_domain(model: TransformerProgram, run: Run, dataset: Dataset, round_: int) -> DomainCheck:
@@ -122,8 +202,23 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def refinement_summary(run_dir: Path) -> dict[str, Any] | None:
+    """What results.json says of refinement: every round's record and the round whose weights
+    were kept (None without refinement)."""
+    records = read_records(run_dir)
+    if not records:
+        return None
+    kept = min(records, key=lambda r: (r["n_wrong_trainable"], r["round"]))
+    return {"rounds": records, "kept_round": kept["round"]}
+
+
 def _vocabs(dataset: Dataset) -> tuple[Any, Any, int]:
     return dataset.vocab, dataset.labels, dataset.n_ctx
+
+
+def _split_accuracy(model: TransformerProgram, split: Split, device: str) -> float:
+    predicted = torch.as_tensor(_hard(model, split, device))
+    return accuracy(predicted, torch.as_tensor(split.target_ids))
 
 
 def _hard(model: TransformerProgram, split: Split, device: str) -> np.ndarray:
@@ -148,45 +243,6 @@ def _with_counterexamples(
         stacked(train.target_ids, extra.target_ids),
         stacked(train.lengths, extra.lengths),
     )
-
-
-def _round_taus(run: Run, n_examples: int) -> np.ndarray:
-    cfg = run.config.train
-    steps = cfg.refine_epochs * math.ceil(n_examples / cfg.batch_size)
-    start = cfg.tau_end if cfg.refine_tau is None else cfg.refine_tau
-    return tau_schedule(start, cfg.tau_end, steps)
-
-
-def _record(
-    session: Session,
-    run: Run,
-    dataset: Dataset,
-    check: DomainCheck,
-    round_: int,
-    epoch: int,
-    n_added: int | None,
-) -> None:
-    """Log the model's figures after ``round_`` rounds (0: as trained)."""
-    device = run.config.train.device
-    record = {
-        "round": round_,
-        "epoch": epoch,
-        "domain": check.mode,
-        "n_inputs": check.n_inputs,
-        "token_accuracy": check.token_accuracy,
-        "sequence_accuracy": check.sequence_accuracy,
-        "n_wrong": len(check.wrong),
-        "n_added": n_added,  # counterexamples the next round trains on; None after the last
-        **{
-            f"{name}_accuracy": accuracy(
-                torch.as_tensor(_hard(session.model, split, device)),
-                torch.as_tensor(split.target_ids),
-            )
-            for name in ("val", "test")
-            for split in [getattr(dataset, name)]
-        },
-    }
-    append_line(run.path / REFINEMENT, record)
 
 
 def _keep_records_before(path: Path, epoch: int) -> None:
