@@ -5,7 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from tests.test_cli import tprog
 from tprog import train as train_module
 from tprog.data import build_dataset
 from tprog.errors import ConfigError
@@ -73,10 +75,14 @@ def test_the_kept_round_has_the_fewest_trainable_counterexamples(reference) -> N
     records, kept = read_records(reference), kept_record(reference)
     assert kept["n_wrong_trainable"] == min(r["n_wrong_trainable"] for r in records)
     assert all(r["n_wrong_trainable"] > kept["n_wrong_trainable"] for r in records[: kept["round"]])
+    # model.pt holds the kept round's weights, whichever round came last.
+    best = torch.load(reference / BEST, weights_only=True)
+    assert best["round"] == kept["round"]
+    model = torch.load(reference / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(model[name], best["state_dict"][name]) for name in model)
 
 
 def test_the_decompiled_program_is_the_kept_round(reference) -> None:
-    assert kept_record(reference)["n_wrong"] != read_records(reference)[-1]["n_wrong"]
     run = load_run(reference)
     report = verify_program(load_program(reference), run.task, run.config.data)
     kept = kept_record(reference)
@@ -131,3 +137,13 @@ def test_refine_tau_below_tau_end_is_refused(tmp_path) -> None:
     config = task_config("hist", {**TINY, "train.refine_tau": 0.001})
     with pytest.raises(ConfigError, match="refine_tau"):
         train_and_decompile(config, tmp_path / "hist", progress=False)
+
+
+def test_the_cli_reports_each_round_and_the_round_kept(tmp_path) -> None:
+    overrides = [f"{key}={value}" for key, value in TINY.items()]
+    result = tprog("train", "hist", "--out", str(tmp_path / "hist"), "--quiet", *overrides)
+    assert result.returncode == 0, result.stderr
+    records = read_records(tmp_path / "hist")
+    wrong = " -> ".join(str(r["n_wrong"]) for r in records)
+    kept = json.loads((tmp_path / "hist" / "results.json").read_text())["refinement"]["kept_round"]
+    assert f"refinement: inputs wrong after each round {wrong}; kept round {kept}" in result.stdout

@@ -122,6 +122,10 @@ def _print_results(results: dict, program_path: Path) -> None:
         f"{checked['token_accuracy']:.4f}, whole-sequence accuracy "
         f"{checked['sequence_accuracy']:.4f}"
     )
+    if results.get("refinement"):
+        rounds, kept = results["refinement"]["rounds"], results["refinement"]["kept_round"]
+        wrong = " -> ".join(str(record["n_wrong"]) for record in rounds)
+        click.echo(f"refinement: inputs wrong after each round {wrong}; kept round {kept}")
     lines = results["size"]["code_lines"]
     click.echo(
         f"program: {program_path} ({lines['simplified']} code lines; "
