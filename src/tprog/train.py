@@ -145,18 +145,41 @@ class Session:
             run.path,
             progress,
         )
-        done = 0
-        if resume and (run.path / CHECKPOINT).is_file():
-            done = restore_checkpoint(
-                run.path / CHECKPOINT,
-                config_json=config.to_json(),
-                model=model,
-                optimizer=optimizer,
-                generators=generators,
-            )
-        for log in (METRICS, TIMING):  # lines past the checkpoint are replayed
-            keep_first_lines(run.path / log, done)
+        done = restore_if_resuming(run.path, config, model, optimizer, generators, resume)
         return session, done
+
+
+def start_run_dir(config: RunConfig, dataset: Dataset, out_dir: Path, resume: bool) -> None:
+    """run.json and config.json for a new run; vocab.json always."""
+    if not resume:
+        mark_run_dir(out_dir, config.task)
+        write_atomic(out_dir / CONFIG, config.to_json())
+    labels = {"tokens": list(dataset.vocab.tokens), "labels": list(dataset.labels.tokens)}
+    write_json(out_dir / VOCAB, labels)
+
+
+def restore_if_resuming(
+    out_dir: Path,
+    config: RunConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    resume: bool,
+) -> int:
+    """The epochs already done: restored from the run's checkpoint when resuming and there is
+    one, else 0. Log lines past the checkpoint are dropped: those epochs run again."""
+    done = 0
+    if resume and (out_dir / CHECKPOINT).is_file():
+        done = restore_checkpoint(
+            out_dir / CHECKPOINT,
+            config_json=config.to_json(),
+            model=model,
+            optimizer=optimizer,
+            generators=generators,
+        )
+    for log in (METRICS, TIMING):
+        keep_first_lines(out_dir / log, done)
+    return done
 
 
 @dataclass(frozen=True)
@@ -190,11 +213,7 @@ def train(
     """
     if dataset is None:
         config, dataset = resolve(config)
-    if not resume:
-        mark_run_dir(out_dir, config.task)
-        write_atomic(out_dir / CONFIG, config.to_json())
-    labels = {"tokens": list(dataset.vocab.tokens), "labels": list(dataset.labels.tokens)}
-    write_json(out_dir / VOCAB, labels)
+    start_run_dir(config, dataset, out_dir, resume)
     run = Run(out_dir, config, get_task(config.task), dataset.vocab, dataset.labels)
     session, done = Session.start(run, dataset, progress=progress, resume=resume)
     cfg = config.train

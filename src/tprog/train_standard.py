@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tprog.checkpoint import CHECKPOINT, restore_checkpoint, save_checkpoint
+from tprog.checkpoint import CHECKPOINT, save_checkpoint
 from tprog.config import RunConfig
 from tprog.data import Dataset
 from tprog.decompile import Outcome
@@ -38,14 +38,11 @@ from tprog.rundir import (
     MODEL,
     RESULTS,
     TIMING,
-    VOCAB,
     load_config,
     load_state,
     load_torch_file,
     load_vocab,
-    mark_run_dir,
     save_torch_file,
-    write_atomic,
     write_json,
 )
 from tprog.tasks.registry import get_task
@@ -54,9 +51,10 @@ from tprog.train import (
     TrainingDiverged,
     accuracy,
     append_line,
-    keep_first_lines,
     resolve,
+    restore_if_resuming,
     sequence_loss,
+    start_run_dir,
 )
 from tprog.vocab import PAD, Vocab
 
@@ -127,7 +125,7 @@ def train_standard(
     if dataset is None:
         config, dataset = resolve(config)
     out_dir = Path(out_dir)
-    _write_run_files(config, dataset, out_dir, resume)
+    start_run_dir(config, dataset, out_dir, resume)
     device = config.train.device
     # "data" initialises the model, then shuffles; "dropout" draws the dropout masks.
     generators = {
@@ -137,31 +135,10 @@ def train_standard(
     live = new_standard_model(config, dataset.vocab, dataset.labels, generators["data"])
     selection = Selection(live).to(device)
     optimizer = torch.optim.Adam(selection.live.parameters(), lr=config.standard.lr)
-    done = 0
-    if resume and (out_dir / CHECKPOINT).is_file():
-        done = restore_checkpoint(
-            out_dir / CHECKPOINT,
-            config_json=config.to_json(),
-            model=selection,
-            optimizer=optimizer,
-            generators=generators,
-        )
-    for log in (METRICS, TIMING):  # lines past the checkpoint are replayed
-        keep_first_lines(out_dir / log, done)
+    done = restore_if_resuming(out_dir, config, selection, optimizer, generators, resume)
     splits = {name: Tensors.of(getattr(dataset, name), device) for name in SPLITS}
     _fit(selection, optimizer, config, splits, generators, out_dir, done, progress)
     return _finish(selection, config, splits, out_dir)
-
-
-def _write_run_files(config: RunConfig, dataset: Dataset, out_dir: Path, resume: bool) -> None:
-    """run.json and config.json for a new run; vocab.json always (as for program runs)."""
-    if not resume:
-        mark_run_dir(out_dir, config.task)
-        write_atomic(out_dir / CONFIG, config.to_json())
-    write_json(
-        out_dir / VOCAB,
-        {"tokens": list(dataset.vocab.tokens), "labels": list(dataset.labels.tokens)},
-    )
 
 
 def _fit(
