@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tprog import __version__
 from tprog.codegen import load_program_module, program_to_python, write_program
-from tprog.data import Dataset, Split, build_dataset
+from tprog.data import Dataset, build_dataset
 from tprog.errors import FaithfulnessError
 from tprog.extract import model_to_ir
 from tprog.faithful import check_agreement, rows_agree
@@ -33,7 +32,7 @@ from tprog.program_stats import code_lines, module_counts
 from tprog.refine import refinement_summary
 from tprog.rundir import PROGRAM_JSON, PROGRAM_PY, RESULTS, Run, write_atomic, write_json
 from tprog.simplify import Basis, simplify
-from tprog.train import accuracy, predict
+from tprog.train import hard_predictions, split_accuracy
 from tprog.verify import VerifyReport, verify_for_run
 from tprog.vocab import encode_batch
 
@@ -120,14 +119,6 @@ def simplification_basis(run: Run, program: Program, dataset: Dataset) -> Basis:
     lengths = np.concatenate([split.lengths for split in splits])
     beyond = f" (the domain has {size:,})" if size is not None else ""
     return Basis(ids, lengths, f"the {len(ids):,} train/val/test inputs{beyond}")
-
-
-def hard_predictions(model: TransformerProgram, split: Split) -> np.ndarray:
-    return predict(model, torch.as_tensor(split.ids), torch.as_tensor(split.lengths)).numpy()
-
-
-def split_accuracy(predicted: np.ndarray, split: Split) -> float:
-    return accuracy(torch.as_tensor(predicted), torch.as_tensor(split.target_ids))
 
 
 def _agreement(program: Program, predictions: dict[str, np.ndarray], dataset: Dataset) -> float:

@@ -10,13 +10,7 @@ from pathlib import Path
 from tprog.codegen import load_program_module
 from tprog.config import RunConfig
 from tprog.data import build_dataset
-from tprog.decompile import (
-    PROGRAM_UNSIMPLIFIED_JSON,
-    Outcome,
-    decompile,
-    hard_predictions,
-    split_accuracy,
-)
+from tprog.decompile import PROGRAM_UNSIMPLIFIED_JSON, Outcome, decompile
 from tprog.errors import FaithfulnessError, InputError, RunDirError, TprogError
 from tprog.faithful import rows_agree
 from tprog.interpret import predict_ids, run_program
@@ -29,7 +23,7 @@ from tprog.rundir import (
     require_program_run,
     write_json,
 )
-from tprog.train import resolve, train
+from tprog.train import hard_predictions, resolve, split_accuracy, train
 from tprog.train_standard import train_standard
 from tprog.verify import (
     DEFAULT_MAX_INPUTS,

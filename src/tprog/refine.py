@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tprog.data import Dataset, Split, encode_split
+from tprog.data import Dataset, encode_split
 from tprog.model.program import TransformerProgram
 from tprog.rundir import (
     MODEL,
@@ -48,7 +48,16 @@ from tprog.rundir import (
     write_atomic,
 )
 from tprog.tasks.registry import Example
-from tprog.train import Session, Stage, Tensors, accuracy, append_line, fit, predict, tau_schedule
+from tprog.train import (
+    Session,
+    Stage,
+    Tensors,
+    append_line,
+    fit,
+    hard_predictions,
+    split_accuracy,
+    tau_schedule,
+)
 from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, plan_inputs
 
 REFINEMENT = "refinement.jsonl"
@@ -117,12 +126,11 @@ class _Rounds:
             "n_wrong": len(check.wrong),
             "n_wrong_trainable": len(trainable),  # outside val/test, with refine_holdout
             "n_added": 0 if last else len(trainable),  # what the next round trains on
-            **{
-                f"{name}_accuracy": _split_accuracy(self.session.model, split, self.cfg.device)
-                for name in ("val", "test")
-                for split in [getattr(self.dataset, name)]
-            },
         }
+        for name in ("val", "test"):
+            split = getattr(self.dataset, name)
+            predicted = hard_predictions(self.session.model, split)
+            record[f"{name}_accuracy"] = split_accuracy(predicted, split)
         # The weights first, then the record: a run killed in between measures this round
         # again on resuming, and offers the same weights again.
         self.best.offer(round_, len(trainable), self.session.model)
@@ -182,7 +190,7 @@ def check_domain(model: TransformerProgram, run: Run, dataset: Dataset, round_: 
     wrong: list[Example] = []
     for inputs, targets in chunks:
         split = encode_split(list(zip(inputs, targets, strict=True)), *_vocabs(dataset))
-        predicted = _hard(model, split, config.train.device)
+        predicted = hard_predictions(model, split)
         scored = split.target_ids != 0
         right = predicted == split.target_ids
         bad = (scored & ~right).any(axis=1)
@@ -214,16 +222,6 @@ def refinement_summary(run_dir: Path) -> dict[str, Any] | None:
 
 def _vocabs(dataset: Dataset) -> tuple[Any, Any, int]:
     return dataset.vocab, dataset.labels, dataset.n_ctx
-
-
-def _split_accuracy(model: TransformerProgram, split: Split, device: str) -> float:
-    predicted = torch.as_tensor(_hard(model, split, device))
-    return accuracy(predicted, torch.as_tensor(split.target_ids))
-
-
-def _hard(model: TransformerProgram, split: Split, device: str) -> np.ndarray:
-    ids = torch.as_tensor(split.ids, device=device)
-    return predict(model, ids, torch.as_tensor(split.lengths, device=device)).cpu().numpy()
 
 
 def _with_counterexamples(

@@ -92,6 +92,18 @@ def predict(
     return torch.cat(outs) if outs else torch.zeros_like(ids)
 
 
+def hard_predictions(model: TransformerProgram, split: Split) -> np.ndarray:
+    """Hard-mode predictions ``[B, N]`` for a split, computed on the model's device."""
+    device = next(model.parameters()).device
+    ids, lengths = (torch.as_tensor(a, device=device) for a in (split.ids, split.lengths))
+    return predict(model, ids, lengths).cpu().numpy()
+
+
+def split_accuracy(predicted: np.ndarray, split: Split) -> float:
+    """Token accuracy of predictions ``[B, N]`` against a split's targets."""
+    return accuracy(torch.as_tensor(predicted), torch.as_tensor(split.target_ids))
+
+
 def accuracy(predicted: torch.Tensor, targets: torch.Tensor) -> float:
     """Token accuracy over non-``<pad>`` targets."""
     mask = targets != 0
