@@ -211,14 +211,19 @@ def test_a_parallel_sweep_writes_its_reports(local_sweep) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_reruns_only_the_missing_runs(sweep_file, local_sweep, tmp_path) -> None:
+@pytest.mark.parametrize("victims", ["process group", "sweep process only"])
+def test_a_killed_sweep_reruns_only_the_missing_runs(
+    victims, sweep_file, local_sweep, tmp_path
+) -> None:
+    """Killing the sweep process alone must take its workers with it: otherwise they train on,
+    holding their runs' locks, and the rerun could not resume those runs."""
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "tprog", "sweep", str(sweep_file), "--workers", "2"]
     process = subprocess.Popen(
         [*command, "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the workers die with it
+        start_new_session=True,  # its own process group, to kill with its workers
     )
     runs = [out / "runs" / "sort" / name for name in RUN_NAMES]
     deadline = time.monotonic() + 120
@@ -228,7 +233,10 @@ def test_a_killed_sweep_reruns_only_the_missing_runs(sweep_file, local_sweep, tm
         if len(finished) >= 2 and len(started) > len(finished):
             break
         time.sleep(0.005)
-    os.killpg(process.pid, signal.SIGKILL)
+    if victims == "process group":
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        os.kill(process.pid, signal.SIGKILL)
     process.wait()
     finished = [run for run in runs if (run / "sweep_run.json").exists()]
     assert 1 <= len(finished) < 4, "the sweep finished before it could be killed"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tprog.sweep_worker import (
     RunOutcome,
     RunState,
     cpu_count,
+    end_with,
     execute_run,
     hold_lock,
     read_outcome,
@@ -170,7 +172,12 @@ def _log_outcome(done: int, total: int, run: PlannedRun, outcome: RunOutcome) ->
 def run_locally(jobs: Sequence[tuple[int, RunJob]], workers: int, on_outcome: OnOutcome) -> None:
     """Worker processes on this machine ("spawn": nothing inherited from this process)."""
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=context,
+        initializer=end_with,
+        initargs=(os.getpid(),),
+    )
     try:
         futures = {pool.submit(execute_run, job): index for index, job in jobs}
         for future in as_completed(futures):

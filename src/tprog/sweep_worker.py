@@ -7,9 +7,12 @@ finished run back from its files instead of training it again, and reports the s
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import os
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -216,6 +219,21 @@ def hold_lock(path: Path, busy: str) -> Iterator[None]:
         except BlockingIOError:
             raise RunDirError(f"{busy}.") from None
         yield
+
+
+# prctl(2) option: the signal the kernel sends this process when its parent ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def end_with(parent: int) -> None:
+    """Worker-process initializer: end when the sweep process ``parent`` ends, however it ends
+    (Linux; elsewhere a no-op). Without it a sweep killed on its own leaves its workers training,
+    each holding its run's lock, and the rerun could not resume those runs."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the sweep ended before prctl took effect
+        os._exit(1)
 
 
 def cpu_count() -> int:
