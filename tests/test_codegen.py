@@ -495,3 +495,26 @@ def test_positional_predicates_print_as_offsets() -> None:
         "    if q_position == 0:\n        return k_position == 5\n"
         "    else:\n        return k_position == q_position - 1\n"
     ) in source
+
+
+def test_predicates_wanting_several_keys_print_as_a_lookup(tmp_path: Path) -> None:
+    """A reversing head (query i wants key n - 1 - i) has no single rule: one lookup line."""
+    k = 6
+    vocab = ("<pad>", "<s>", "a", "b", "1", "2")
+    program = induction_program(vocab, ("<pad>", "1", "2", "<unk>"), k)
+    mirror = tuple(k - 1 - q for q in range(k))  # 5, 4, 3, 2, 1, 0
+    head = dataclasses.replace(program.modules[0], predicate=mirror)
+    program = dataclasses.replace(program, modules=(head, *program.modules[1:]))
+    source, _ = program_to_python(program)
+    assert (
+        "def predicate_0_0(q_position, k_position):\n"
+        '    """The predicate of attn_0_0_outputs."""\n'
+        "    return k_position == {1: 4, 2: 3, 3: 2, 4: 1, 5: 0}.get(q_position, 5)\n"
+    ) in source
+    _, module = generate(program, tmp_path)
+    # Causal: query i sees keys j <= i, so queries 0..2 find no match and take BOS (0).
+    selected = module.select_closest(list(range(k)), list(range(k)), module.predicate_0_0)
+    assert selected == [0, 0, 0, 2, 1, 0]
+    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"]]
+    assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
+    assert module.run_batch(inputs) == run_program(program, inputs)

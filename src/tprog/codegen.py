@@ -142,7 +142,8 @@ def _wrap(opening: str, items: list[str], closing: str, indent: str = "") -> str
 
 def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: str) -> str:
     """The predicate as a fallback rule (``return False``, ``k == c``, ``k == q`` or
-    ``k == q + c``, whichever covers the most query values) and branches for the exceptions."""
+    ``k == q + c``, whichever covers the most query values) and branches for the exceptions;
+    a lookup ``k == {q: c, ...}.get(q, fallback)`` when the exceptions want several keys."""
     q, k = f"q_{_singular(module.query)}", f"k_{_singular(module.key)}"
     bodies = {}  # query value -> its exact return statement
     for value in gen.domain(module.query, len(module.predicate)):
@@ -154,11 +155,21 @@ def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: 
     covered = {body: [v for v in bodies if bodies[v] == body] for body in bodies.values()}
     covered.update(_relative_rules(gen, module, bodies, q, k))
     fallback = max(covered, key=lambda body: len(covered[body]), default="return False")
+    exceptions = [
+        (gen.lit(module.query, value), body)
+        for value, body in bodies.items()
+        if value not in covered.get(fallback, ())
+    ]
     groups: dict[str, list[str]] = {}  # return statement -> query literals, in order
-    for value, body in bodies.items():
-        if value not in covered.get(fallback, ()):
-            groups.setdefault(body, []).append(gen.lit(module.query, value))
+    for query, body in exceptions:
+        groups.setdefault(body, []).append(query)
     lines = [f"def {fn}({q}, {k}):", f'    """The predicate of {module.name}."""']
+    lookup = _lookup(fallback, exceptions, k)
+    if len(groups) > 1 and lookup is not None:
+        # Queries wanting different keys: a lookup reads faster than a chain of branches.
+        default, entries = lookup
+        lines.append(_wrap(f"return {k} == {{", entries, f"}}.get({q}, {default})", "    "))
+        return "\n".join(lines)
     for n, (body, values) in enumerate(groups.items()):
         word = "elif" if n else "if"
         if len(values) == 1:
@@ -168,6 +179,18 @@ def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: 
         lines.append(f"        {body}")
     lines += ["    else:", f"        {fallback}"] if groups else [f"    {fallback}"]
     return "\n".join(lines)
+
+
+def _lookup(
+    fallback: str, exceptions: list[tuple[str, str]], k: str
+) -> tuple[str, list[str]] | None:
+    """When every return statement is ``return k == <expression>``: the fallback's expression
+    and a ``query: expression`` entry per exception (query literal, statement); else None."""
+    prefix = f"return {k} == "
+    if not all(body.startswith(prefix) for body in [fallback, *(b for _, b in exceptions)]):
+        return None
+    entries = [f"{query}: {body.removeprefix(prefix)}" for query, body in exceptions]
+    return fallback.removeprefix(prefix), entries
 
 
 def _relative_rules(
