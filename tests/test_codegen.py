@@ -518,3 +518,59 @@ def test_predicates_wanting_several_keys_print_as_a_lookup(tmp_path: Path) -> No
     inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"]]
     assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
     assert module.run_batch(inputs) == run_program(program, inputs)
+
+
+def _positional_mlp_program(table: tuple[tuple[int, ...], ...]) -> ir.Program:
+    """One head copying the previous position, then an MLP over (position, that position)."""
+    k = 6
+    vocab = ("<pad>", "<s>", "a", "b", "1", "2")
+    program = induction_program(vocab, ("<pad>", "1", "2", "<unk>"), k)
+    head = dataclasses.replace(program.modules[0], value="positions")
+    mlp = ir.CatMLP("mlp_0_0_outputs", ("positions", "attn_0_0_outputs"), table)
+    weights = tuple(tuple(float(i == j % 3) for j in range(3)) for i in range(k))
+    classifier = dataclasses.replace(
+        program.classifier,
+        labels=program.classifier.labels[1:],
+        masked=program.classifier.masked[1:],
+        terms=("mlp_0_0_outputs",),
+        categorical={"mlp_0_0_outputs": weights},
+        numerical={},
+    )
+    variables = (
+        *ir.INPUT_VARIABLES,
+        ir.Variable("attn_0_0_outputs", "categorical", "int"),
+        ir.Variable("mlp_0_0_outputs", "categorical", "int"),
+    )
+    return dataclasses.replace(
+        program, variables=variables, modules=(head, mlp), classifier=classifier
+    )
+
+
+@pytest.mark.parametrize(
+    ("formula", "function"),
+    [
+        ("min(position, attn_0_0_output)", min),
+        ("max(position, attn_0_0_output)", max),
+        ("int(position == attn_0_0_output)", lambda a, b: int(a == b)),
+        ("int(position < attn_0_0_output)", lambda a, b: int(a < b)),
+        ("int(position > attn_0_0_output)", lambda a, b: int(a > b)),
+        ("attn_0_0_output", lambda a, b: b),
+    ],
+)
+def test_mlp_tables_that_are_a_formula_print_as_it(formula, function, tmp_path: Path) -> None:
+    table = tuple(tuple(function(a, b) for b in range(6)) for a in range(6))
+    program = _positional_mlp_program(table)
+    source, _ = program_to_python(program)
+    assert f'    """The table of mlp_0_0_outputs."""\n    return {formula}\n' in source
+    _, module = generate(program, tmp_path)
+    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"], ["<s>"]]
+    assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
+    assert module.run_batch(inputs) == run_program(program, inputs)
+
+
+def test_a_table_off_its_formula_in_one_entry_stays_a_table() -> None:
+    table = [[min(a, b) for b in range(6)] for a in range(6)]
+    table[2][4] = 5
+    source, _ = program_to_python(_positional_mlp_program(tuple(map(tuple, table))))
+    assert "return MLP_0_0.get((position, attn_0_0_output), " in source
+    assert "min(" not in source.split("def mlp_0_0")[1].split("\n\n")[0]

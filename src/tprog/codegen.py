@@ -12,6 +12,7 @@ import importlib.util
 import itertools
 import json
 import keyword
+import operator
 import os
 import re
 import tempfile
@@ -217,8 +218,24 @@ def _relative_rules(
     return rules
 
 
-def _mlp_entries(gen: _Gen, module: ir.CatMLP | ir.NumMLP) -> list[tuple[str, str, int]]:
-    """(a literal, b literal, output) for every input pair the module can see."""
+# Exact formulas an MLP table may print as, simplest first: (source over {a} and {b}, function).
+_FORMULAS = (
+    ("{a}", lambda a, b: a),
+    ("{b}", lambda a, b: b),
+    ("min({a}, {b})", min),
+    ("max({a}, {b})", max),
+    ("{a} + {b}", operator.add),
+    ("{a} - {b}", operator.sub),
+    ("{b} - {a}", lambda a, b: b - a),
+    ("int({a} == {b})", lambda a, b: int(a == b)),
+    ("int({a} < {b})", lambda a, b: int(a < b)),
+    ("int({a} > {b})", lambda a, b: int(a > b)),
+)
+
+
+def _mlp_entries(gen: _Gen, module: ir.CatMLP | ir.NumMLP) -> list[tuple[int, int, int]]:
+    """(a, b, output) for every input pair the module can see; a and b are the values the
+    variables hold (vocabulary ids for tokens)."""
     table, (a_name, b_name) = module.table, module.inputs
     if isinstance(module, ir.NumMLP):  # table index -> absolute value
         rows = [(r, module.lows[0] + r) for r in range(len(table))]
@@ -227,11 +244,24 @@ def _mlp_entries(gen: _Gen, module: ir.CatMLP | ir.NumMLP) -> list[tuple[str, st
         rows = [(v, v) for v in gen.domain(a_name, len(table))]
         cols = [(v, v) for v in gen.domain(b_name, len(table[0]) if table else 0)]
     return [
-        (gen.lit(a_name, a), gen.lit(b_name, b), table[r][c])
+        (a, b, table[r][c])
         for r, a in rows
         for c, b in cols
         if a_name != b_name or a == b  # one variable read twice: only the diagonal happens
     ]
+
+
+def _formula(gen: _Gen, module: ir.CatMLP | ir.NumMLP, entries, a: str, b: str) -> str | None:
+    """The first formula equal to the table on every entry, for integer inputs and output and a
+    table that is not constant; else None."""
+    if any(gen.token_valued(name) for name in (*module.inputs, module.name)):
+        return None
+    if len({out for _, _, out in entries}) < 2:
+        return None
+    for source, function in _FORMULAS:
+        if all(function(x, y) == out for x, y, out in entries):
+            return source.format(a=a, b=b)
+    return None
 
 
 def _mlp_source(gen: _Gen, module: ir.CatMLP | ir.NumMLP, fn: str) -> str:
@@ -240,11 +270,18 @@ def _mlp_source(gen: _Gen, module: ir.CatMLP | ir.NumMLP, fn: str) -> str:
     if a == b:
         a, b = f"{a}_a", f"{b}_b"
     entries = _mlp_entries(gen, module)
+    head = [f"def {fn}({a}, {b}):", f'    """The table of {module.name}."""']
+    formula = _formula(gen, module, entries, a, b)
+    if formula is not None:
+        return "\n".join([*head, f"    return {formula}"])
     counts = Counter(out for _, _, out in entries)
     default = min(counts, key=lambda out: (-counts[out], out)) if counts else 0
     out_lit = {out: gen.lit(module.name, out) for out in counts}
-    table = [f"({x}, {y}): {out_lit[out]}" for x, y, out in entries if out != default]
-    head = [f"def {fn}({a}, {b}):", f'    """The table of {module.name}."""']
+    table = [
+        f"({gen.lit(a_name, x)}, {gen.lit(b_name, y)}): {out_lit[out]}"
+        for x, y, out in entries
+        if out != default
+    ]
     default_lit = out_lit.get(default, "0")
     if not table:
         return "\n".join([*head, f"    return {default_lit}"])
