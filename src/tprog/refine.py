@@ -58,7 +58,7 @@ from tprog.train import (
     split_accuracy,
     tau_schedule,
 )
-from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, plan_inputs
+from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, plan_inputs, score_rows
 
 REFINEMENT = "refinement.jsonl"
 BEST = "refinement_best.pt"  # the weights of the best round so far
@@ -190,14 +190,11 @@ def check_domain(model: TransformerProgram, run: Run, dataset: Dataset, round_: 
     wrong: list[Example] = []
     for inputs, targets in chunks:
         split = encode_split(list(zip(inputs, targets, strict=True)), *_vocabs(dataset))
-        predicted = hard_predictions(model, split)
-        scored = split.target_ids != 0
-        right = predicted == split.target_ids
-        bad = (scored & ~right).any(axis=1)
+        bad, scored, right = score_rows(hard_predictions(model, split), split.target_ids)
         wrong += [(inputs[row], targets[row]) for row in np.flatnonzero(bad).tolist()]
         n_inputs += len(inputs)
-        n_scored += int(scored.sum())
-        n_right += int((scored & right).sum())
+        n_scored += scored
+        n_right += right
     token_accuracy = n_right / n_scored if n_scored else math.nan
     return DomainCheck(mode, n_inputs, token_accuracy, 1 - len(wrong) / n_inputs, wrong)
 

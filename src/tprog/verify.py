@@ -191,6 +191,14 @@ class _Shortest(Generic[T]):
         return tuple(self.found.values())
 
 
+def score_rows(predicted: np.ndarray, expected: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Label ids ``[B, N]`` against the expected ones (0, ``<pad>``, is not scored): per row,
+    whether any scored label is wrong; the number of scored labels; the number right."""
+    scored = expected != 0
+    right = scored & (predicted == expected)
+    return (scored & ~right).any(axis=1), int(scored.sum()), int(right.sum())
+
+
 class _Tally:
     """Running counts over chunks: nothing grows with the number of inputs checked."""
 
@@ -207,13 +215,11 @@ class _Tally:
         ids, lengths = self._encode(inputs)
         expected = self._target_ids(targets, ids.shape)
         predicted = predict_ids(self.program, ids, lengths)
-        scored = expected != 0
-        right = predicted == expected
-        wrong = (scored & ~right).any(axis=1)
+        wrong, n_scored, n_right = score_rows(predicted, expected)
         self.n_inputs += len(inputs)
         self.n_wrong += int(wrong.sum())
-        self.n_scored += int(scored.sum())
-        self.n_right += int((scored & right).sum())
+        self.n_scored += n_scored
+        self.n_right += n_right
         self.counterexamples.offer(
             np.flatnonzero(wrong),
             ids,
