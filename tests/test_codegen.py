@@ -574,3 +574,56 @@ def test_a_table_off_its_formula_in_one_entry_stays_a_table() -> None:
     source, _ = program_to_python(_positional_mlp_program(tuple(map(tuple, table))))
     assert "return MLP_0_0.get((position, attn_0_0_output), " in source
     assert "min(" not in source.split("def mlp_0_0")[1].split("\n\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("predicate", "expected"),
+    [
+        # query 1 asks for a key value no key holds (NEVER); the rest want several keys
+        (
+            (5, ir.NEVER, 3, 3, 1, 0),
+            "    # a query mapped to None matches no key\n"
+            "    return k_position == {0: 5, 1: None, 4: 1, 5: 0}.get(q_position, 3)\n",
+        ),
+        # most queries match nothing: the lookup lists only those that match a key
+        (
+            (ir.NEVER, ir.NEVER, ir.NEVER, 1, 5, ir.NEVER),
+            "    # a query not listed matches no key\n"
+            "    return k_position == {3: 1, 4: 5}.get(q_position)\n",
+        ),
+        # ... unless one rule covers them all: one branch
+        (
+            (ir.NEVER, ir.NEVER, ir.NEVER, 1, 2, ir.NEVER),
+            "    if q_position in {3, 4}:\n"
+            "        return k_position == q_position - 2\n"
+            "    else:\n"
+            "        return False\n",
+        ),
+    ],
+)
+def test_predicates_matching_nothing_for_some_queries(predicate, expected, tmp_path) -> None:
+    k = 6
+    vocab = ("<pad>", "<s>", "a", "b", "1", "2")
+    program = induction_program(vocab, ("<pad>", "1", "2", "<unk>"), k)
+    head = dataclasses.replace(program.modules[0], predicate=predicate)
+    program = dataclasses.replace(program, modules=(head, *program.modules[1:]))
+    source, _ = program_to_python(program)
+    assert expected in source
+    _, module = generate(program, tmp_path)
+    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"]]
+    assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
+    assert module.run_batch(inputs) == run_program(program, inputs)
+
+
+def test_the_induction_circuit_reads_as_the_paper_states_it() -> None:
+    """Layer 0 copies the previous token; layer 1 matches the current letter with it."""
+    vocab = ("<pad>", "<s>", "a", "b", "1", "2")
+    source, _ = program_to_python(induction_program(vocab, ("<pad>", "1", "2", "<unk>"), 6))
+    assert (
+        "def predicate_1_0(q_token, k_attn_0_0_output):\n"
+        '    """The predicate of attn_1_0_outputs."""\n'
+        "    if q_token in {'a', 'b'}:\n"
+        "        return k_attn_0_0_output == q_token\n"
+        "    else:\n"
+        "        return False\n"
+    ) in source

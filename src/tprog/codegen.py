@@ -154,23 +154,23 @@ def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: 
         )  # no key ever holds the value asked for
         bodies[value] = "return False" if never else f"return {k} == {gen.lit(module.key, target)}"
     covered = {body: [v for v in bodies if bodies[v] == body] for body in bodies.values()}
-    covered.update(_relative_rules(gen, module, bodies, q, k))
+    relative = _relative_rules(gen, module, bodies, q, k)
+    covered.update(relative)
     fallback = max(covered, key=lambda body: len(covered[body]), default="return False")
-    exceptions = [
-        (gen.lit(module.query, value), body)
-        for value, body in bodies.items()
-        if value not in covered.get(fallback, ())
-    ]
+    exceptions = {v: body for v, body in bodies.items() if v not in covered.get(fallback, ())}
+    # Matching nothing but for some queries, which all follow one rule (e.g. k == q): one branch.
+    rule = next((r for r in relative if set(exceptions) <= set(relative[r])), None)
+    if fallback == "return False" and rule is not None:
+        exceptions = dict.fromkeys(exceptions, rule)
+    exceptions = [(gen.lit(module.query, value), body) for value, body in exceptions.items()]
     groups: dict[str, list[str]] = {}  # return statement -> query literals, in order
     for query, body in exceptions:
         groups.setdefault(body, []).append(query)
     lines = [f"def {fn}({q}, {k}):", f'    """The predicate of {module.name}."""']
-    lookup = _lookup(fallback, exceptions, k)
+    lookup = _lookup(fallback, exceptions, k, q)
     if len(groups) > 1 and lookup is not None:
         # Queries wanting different keys: a lookup reads faster than a chain of branches.
-        default, entries = lookup
-        lines.append(_wrap(f"return {k} == {{", entries, f"}}.get({q}, {default})", "    "))
-        return "\n".join(lines)
+        return "\n".join([*lines, *lookup])
     for n, (body, values) in enumerate(groups.items()):
         word = "elif" if n else "if"
         if len(values) == 1:
@@ -182,16 +182,24 @@ def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: 
     return "\n".join(lines)
 
 
-def _lookup(
-    fallback: str, exceptions: list[tuple[str, str]], k: str
-) -> tuple[str, list[str]] | None:
-    """When every return statement is ``return k == <expression>``: the fallback's expression
-    and a ``query: expression`` entry per exception (query literal, statement); else None."""
+def _lookup(fallback: str, exceptions: list[tuple[str, str]], k: str, q: str) -> list[str] | None:
+    """The body ``return k == {query: key, ...}.get(q, fallback key)`` when every statement is
+    ``return k == <expression>`` or ``return False`` (written as key None, which no key equals,
+    or by leaving the query out when the fallback is False); else None."""
     prefix = f"return {k} == "
-    if not all(body.startswith(prefix) for body in [fallback, *(b for _, b in exceptions)]):
-        return None
-    entries = [f"{query}: {body.removeprefix(prefix)}" for query, body in exceptions]
-    return fallback.removeprefix(prefix), entries
+    keys = {"return False": "None"}
+    for body in [fallback, *(b for _, b in exceptions)]:
+        if body not in keys and not body.startswith(prefix):
+            return None
+        keys.setdefault(body, body.removeprefix(prefix))
+    entries = [f"{query}: {keys[body]}" for query, body in exceptions]
+    default = "" if fallback == "return False" else f", {keys[fallback]}"
+    nowhere = [
+        *(["mapped to None"] if any(body == "return False" for _, body in exceptions) else []),
+        *(["not listed"] if fallback == "return False" else []),
+    ]
+    note = [f"    # a query {' or '.join(nowhere)} matches no key"] if nowhere else []
+    return [*note, _wrap(f"return {k} == {{", entries, f"}}.get({q}{default})", "    ")]
 
 
 def _relative_rules(
