@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,21 +316,38 @@ def _train_epoch(
     generators: dict[str, torch.Generator],
 ) -> tuple[float, int]:
     """One pass over the shuffled training split; returns (mean loss, steps taken so far)."""
+
+    def batch_loss(batch: torch.Tensor, number: int) -> torch.Tensor:
+        sampling = Sampling(float(taus[step + number]), generators["noise"])
+        logits = model(train_t.ids[batch], train_t.lengths[batch], sampling)
+        return sequence_loss(logits, train_t.targets[batch])
+
+    loss = optimise_epoch(model, optimizer, train_t, batch_size, generators["data"], batch_loss)
+    return loss, step + math.ceil(len(train_t.ids) / batch_size)
+
+
+def optimise_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_t: Tensors,
+    batch_size: int,
+    shuffle: torch.Generator,
+    batch_loss: Callable[[torch.Tensor, int], torch.Tensor],
+) -> float:
+    """One optimisation step per batch of a fresh shuffle of ``train_t`` (``shuffle`` draws it);
+    ``batch_loss(example indices, batch number)`` is the batch's loss. Returns the mean loss."""
     model.train()
     n = len(train_t.ids)
-    order = torch.randperm(n, generator=generators["data"]).to(train_t.ids.device)
+    order = torch.randperm(n, generator=shuffle).to(train_t.ids.device)
     loss_sum = torch.zeros((), device=train_t.ids.device)
-    for start in range(0, n, batch_size):
+    for number, start in enumerate(range(0, n, batch_size)):
         batch = order[start : start + batch_size]
-        sampling = Sampling(float(taus[step]), generators["noise"])
-        logits = model(train_t.ids[batch], train_t.lengths[batch], sampling)
-        loss = sequence_loss(logits, train_t.targets[batch])
+        loss = batch_loss(batch, number)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach() * len(batch)
-        step += 1
-    return float(loss_sum) / n, step
+    return float(loss_sum) / n
 
 
 def keep_first_lines(path: Path, count: int) -> None:

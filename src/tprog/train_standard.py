@@ -51,6 +51,7 @@ from tprog.train import (
     TrainingDiverged,
     accuracy,
     append_line,
+    optimise_epoch,
     resolve,
     restore_if_resuming,
     sequence_loss,
@@ -198,19 +199,12 @@ def _train_epoch(
     generators: dict[str, torch.Generator],
 ) -> float:
     """One pass over the shuffled training split; returns the mean training loss."""
-    model.train()
-    n = len(train_t.ids)
-    order = torch.randperm(n, generator=generators["data"]).to(train_t.ids.device)
-    loss_sum = torch.zeros((), device=train_t.ids.device)
-    for start in range(0, n, batch_size):
-        batch = order[start : start + batch_size]
+
+    def batch_loss(batch: torch.Tensor, number: int) -> torch.Tensor:
         logits = model(train_t.ids[batch], train_t.lengths[batch], generators["dropout"])
-        loss = sequence_loss(logits, train_t.targets[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(batch)
-    return float(loss_sum) / n
+        return sequence_loss(logits, train_t.targets[batch])
+
+    return optimise_epoch(model, optimizer, train_t, batch_size, generators["data"], batch_loss)
 
 
 def _split_accuracy(model: StandardTransformer, split: Tensors) -> float:
