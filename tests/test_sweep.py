@@ -19,7 +19,7 @@ from tprog.cli import cli
 from tprog.errors import ConfigError
 from tprog.sweep import plan_sweep, run_sweep
 from tprog.sweep_report import csv_text, reference_for, summary_text
-from tprog.sweep_worker import RunOutcome
+from tprog.sweep_worker import ProgramFigures, RunOutcome, program_figures
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Tiny runs: sort over inputs of at most 5 tokens (155 distinct), a checkpoint every epoch.
@@ -168,21 +168,50 @@ def test_the_shipped_sweep_files_are_the_paper_settings() -> None:
     ]
 
 
+def program(code_lines: int, wrong_inputs: int) -> ProgramFigures:
+    return ProgramFigures(code_lines, 400, 30, 30, "whole domain", 19530, wrong_inputs, 0.99, 1.0)
+
+
 def test_summary_takes_the_best_seed_by_validation(tmp_path) -> None:
     plan, _ = plan_sweep(CONFIGS / "table1.yaml")
     outcomes = {  # reverse: seeds 1 and 2 tie on validation; the lower seed's test counts
-        0: RunOutcome("ok", 10.0, 0.99, 0.90, 0.80, 1.0),
-        1: RunOutcome("ok", 10.0, 0.99, 0.95, 0.85, 1.0),
-        2: RunOutcome("ok", 10.0, 0.99, 0.95, 0.99, 1.0),
+        0: RunOutcome("ok", 10.0, 0.99, 0.90, 0.80, 1.0, program(101, 1)),
+        1: RunOutcome("ok", 10.0, 0.99, 0.95, 0.85, 1.0, program(102, 2)),
+        2: RunOutcome("ok", 10.0, 0.99, 0.95, 0.99, 1.0, program(103, 3)),
         3: RunOutcome("failed: training diverged at epoch 3", 1.0),
     }
     summary = summary_text(plan, outcomes)
     reverse = "| reverse | default | 3/5 | 85.00 | 85.00 | 80.00–99.00 | 1.000000 | 99.79 | 99.89 |"
     assert reverse + " Table 1 |" in summary
+    # The programs table shows the same seed's program, and only configurations that have one.
+    programs = summary.split("## Programs")[1]
+    row = "| reverse | default | 1 | 400 → 102 | 30 → 30 | whole domain (19,530 inputs) |"
+    assert row + " 99.00 | 2 | 1.000000 |" in programs and "| sort |" not in programs
     assert "| sort | default | 0/5 | — | — | — | — | 99.83 | 100.00 | Table 1 |" in summary
     assert "- `runs/reverse/default-s3`: failed: training diverged at epoch 3" in summary
     rows = list(csv.reader(csv_text(plan, outcomes).splitlines()))
     assert rows[0][:2] == ["task", "data.max_length"] and len(rows) == 5
+
+
+def test_program_figures_only_from_complete_results() -> None:
+    results = {
+        "size": {
+            "code_lines": {"simplified": 90, "unsimplified": 120},
+            "modules": {
+                "simplified": {"categorical heads": 2, "categorical MLPs": 1},
+                "unsimplified": {"categorical heads": 4, "categorical MLPs": 1},
+            },
+        },
+        "verification": {
+            "mode": "uniform sample of 100", "n_inputs": 100, "n_wrong": 3,
+            "token_accuracy": 0.97, "simplified_vs_unsimplified": 1.0,
+        },
+    }  # fmt: skip
+    assert program_figures(results) == ProgramFigures(
+        90, 120, 3, 5, "uniform sample of 100", 100, 3, 0.97, 1.0
+    )
+    assert program_figures({"agreement": None}) is None  # a baseline: no program
+    assert program_figures({**results, "verification": None}) is None
 
 
 # --- end to end -------------------------------------------------------------------------------
@@ -193,7 +222,9 @@ def test_a_parallel_sweep_writes_its_reports(local_sweep) -> None:
     rows = read_rows(local_sweep)
     assert list(rows[0]) == [
         "task", "model.n_layers", "seed", "run_dir", "train_accuracy", "val_accuracy",
-        "test_accuracy", "agreement", "seconds", "status",
+        "test_accuracy", "agreement", "code_lines", "code_lines_unsimplified", "modules",
+        "modules_unsimplified", "verified_on", "verified_inputs", "wrong_inputs",
+        "verified_accuracy", "simplified_agreement", "seconds", "status",
     ]  # fmt: skip
     assert [row["run_dir"] for row in rows] == [f"runs/sort/{name}" for name in RUN_NAMES]
     assert [(row["model.n_layers"], row["seed"]) for row in rows] == [
@@ -203,11 +234,18 @@ def test_a_parallel_sweep_writes_its_reports(local_sweep) -> None:
         results = json.loads((local_sweep / row["run_dir"] / "results.json").read_text())
         assert row["status"] == "ok" and float(row["agreement"]) == 1.0
         assert float(row["test_accuracy"]) == results["test_accuracy"]
+        size, verification = results["size"], results["verification"]
+        assert int(row["code_lines"]) == size["code_lines"]["simplified"]
+        assert int(row["modules_unsimplified"]) == sum(size["modules"]["unsimplified"].values())
+        assert (row["verified_on"], row["verified_inputs"]) == ("whole domain", "155")
+        assert int(row["wrong_inputs"]) == verification["n_wrong"]
+        assert float(row["simplified_agreement"]) == 1.0
         record = json.loads((local_sweep / row["run_dir"] / "sweep_run.json").read_text())
         assert row["seconds"] == f"{record['seconds']:.2f}"
     summary = (local_sweep / "summary.md").read_text()
     assert "4 of 4 runs finished, 0 failed" in summary
     assert "| sort | layers1 | 2/2 |" in summary and "| sort | layers2 | 2/2 |" in summary
+    assert "## Programs" in summary and "| whole domain (155 inputs) |" in summary
 
 
 @pytest.mark.slow

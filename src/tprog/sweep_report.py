@@ -11,14 +11,14 @@ import csv
 import io
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from tprog.config import RunConfig
 from tprog.rundir import write_atomic
 from tprog.sweep_plan import PlannedRun, SweepPlan, flat_config
-from tprog.sweep_worker import RunOutcome
+from tprog.sweep_worker import ProgramFigures, RunOutcome
 from tprog.tasks.registry import task_config
 
 SWEEP_CSV, SUMMARY_MD = "sweep.csv", "summary.md"
@@ -27,6 +27,7 @@ RESULT_COLUMNS = (
     "val_accuracy",
     "test_accuracy",
     "agreement",
+    *(field.name for field in fields(ProgramFigures)),
     "seconds",
     "status",
 )
@@ -80,6 +81,7 @@ def csv_row(plan: SweepPlan, run: PlannedRun, outcome: RunOutcome) -> list[str]:
         _cell(outcome.val_accuracy),
         _cell(outcome.test_accuracy),
         _cell(outcome.agreement),
+        *(_cell(value) for value in _program_cells(outcome.program)),
         "" if outcome.seconds is None else f"{outcome.seconds:.2f}",
         outcome.status,
     ]
@@ -88,6 +90,10 @@ def csv_row(plan: SweepPlan, run: PlannedRun, outcome: RunOutcome) -> list[str]:
 
 def _cell(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _program_cells(program: ProgramFigures | None) -> tuple[Any, ...]:
+    return (None,) * len(fields(ProgramFigures)) if program is None else astuple(program)
 
 
 def summary_text(plan: SweepPlan, outcomes: Mapping[int, RunOutcome]) -> str:
@@ -109,30 +115,43 @@ def summary_text(plan: SweepPlan, outcomes: Mapping[int, RunOutcome]) -> str:
         "| paper | reproduction | reference |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (task, slug), group in _groups(plan, outcomes).items():
+    groups = _groups(plan, outcomes)
+    for (task, slug), group in groups.items():
         lines.append(_summary_row(task, slug, group))
+    lines += _programs_table(groups)
     if failed:
         lines += ["", "Failed runs:", ""]
         lines += [f"- `{run.run_dir.as_posix()}`: {outcome.status}" for run, outcome in failed]
     return "\n".join(lines) + "\n"
 
 
-def _groups(
-    plan: SweepPlan, outcomes: Mapping[int, RunOutcome]
-) -> dict[tuple[str, str], list[tuple[PlannedRun, RunOutcome | None]]]:
+Group = list[tuple[PlannedRun, RunOutcome | None]]  # one configuration's runs, by seed
+
+
+def _groups(plan: SweepPlan, outcomes: Mapping[int, RunOutcome]) -> dict[tuple[str, str], Group]:
     """Runs by (task, grid point), in plan order."""
-    groups: dict[tuple[str, str], list[tuple[PlannedRun, RunOutcome | None]]] = {}
+    groups: dict[tuple[str, str], Group] = {}
     for index, run in enumerate(plan.runs):
         groups.setdefault((run.task, run.point.slug), []).append((run, outcomes.get(index)))
     return groups
 
 
-def _summary_row(task: str, slug: str, group: list[tuple[PlannedRun, RunOutcome | None]]) -> str:
-    done = [(run, o) for run, o in group if o is not None and o.ok and o.test_accuracy is not None]
+def _finished(group: Group) -> list[tuple[PlannedRun, RunOutcome]]:
+    return [(run, o) for run, o in group if o is not None and o.ok and o.test_accuracy is not None]
+
+
+def _best(group: Group) -> tuple[PlannedRun, RunOutcome] | None:
+    """The finished run with the best validation accuracy (ties: the lower seed)."""
+    done = _finished(group)
+    return max(done, key=lambda item: (item[1].val_accuracy or 0.0, -item[0].seed), default=None)
+
+
+def _summary_row(task: str, slug: str, group: Group) -> str:
+    done = _finished(group)
     tests = [o.test_accuracy for _, o in done if o.test_accuracy is not None]
     cells = [task, slug, f"{len(done)}/{len(group)}"]
-    if done:
-        _, best = max(done, key=lambda item: (item[1].val_accuracy or 0.0, -item[0].seed))
+    if (best_run := _best(group)) is not None:
+        best = best_run[1]
         agreements = [o.agreement for _, o in done if o.agreement is not None]
         cells += [
             _percent(best.test_accuracy),
@@ -153,6 +172,43 @@ def _summary_row(task: str, slug: str, group: list[tuple[PlannedRun, RunOutcome 
             reference.source,
         ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _programs_table(groups: dict[tuple[str, str], Group]) -> list[str]:
+    """Per configuration, the program of its best seed by validation: how long it reads
+    before and after simplification, and how right it is on the inputs `tprog verify` ran
+    (the whole domain where it is small enough, else a sample)."""
+    rows = []
+    for (task, slug), group in groups.items():
+        best = _best(group)
+        if best is None or best[1].program is None:
+            continue
+        run, program = best[0], best[1].program
+        rows.append(
+            f"| {task} | {slug} | {run.seed} "
+            f"| {program.code_lines_unsimplified} → {program.code_lines} "
+            f"| {program.modules_unsimplified} → {program.modules} "
+            f"| {program.verified_on} ({program.verified_inputs:,} inputs) "
+            f"| {_percent(program.verified_accuracy)} | {program.wrong_inputs:,} "
+            f"| {program.simplified_agreement:.6f} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Programs",
+        "",
+        "The program of each configuration's best seed: code lines of `program.py` (weights, "
+        "comments and docstrings excluded) and live heads and MLPs, before → after "
+        "simplification; token accuracy and inputs with a wrong label on the inputs "
+        "`tprog verify` ran; agreement of the simplified program with the unsimplified one "
+        "there.",
+        "",
+        "| task | configuration | seed | code lines | heads and MLPs | verified on "
+        "| token accuracy | wrong inputs | simplified = unsimplified |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _percent(value: float | None) -> str:

@@ -33,6 +33,7 @@ from tprog.sweep_plan import flat_config
 
 SWEEP_RECORD = "sweep_run.json"  # {"status": "ok" | "failed: ...", "seconds": float}
 ACCURACIES = ("train_accuracy", "val_accuracy", "test_accuracy")
+SIZES = ("simplified", "unsimplified")  # results.json's size figures, after and before
 
 
 class RunState(StrEnum):
@@ -52,6 +53,21 @@ class RunJob:
 
 
 @dataclass(frozen=True)
+class ProgramFigures:
+    """How long a run's program is and how right, from its results.json."""
+
+    code_lines: int  # of program.py, the simplified program
+    code_lines_unsimplified: int
+    modules: int  # live heads and MLPs after simplification
+    modules_unsimplified: int
+    verified_on: str  # "whole domain", "uniform sample of N" or "generator sample of N"
+    verified_inputs: int
+    wrong_inputs: int  # inputs with at least one wrong label
+    verified_accuracy: float  # token accuracy on those inputs
+    simplified_agreement: float  # simplified vs unsimplified program on those inputs
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     status: str  # "ok" or "failed: <message>"
     seconds: float | None = None
@@ -59,6 +75,7 @@ class RunOutcome:
     val_accuracy: float | None = None
     test_accuracy: float | None = None
     agreement: float | None = None  # the lowest of results.json's agreement figures, if any
+    program: ProgramFigures | None = None  # None for a baseline, or results without them
 
     @property
     def ok(self) -> bool:
@@ -121,7 +138,29 @@ def _outcome(status: str, seconds: float | None, results: dict[str, Any] | None)
         seconds,
         *(float(results[name]) for name in ACCURACIES),
         agreement=None if agreement is None else min(map(float, agreement.values())),
+        program=program_figures(results),
     )
+
+
+def program_figures(results: dict[str, Any]) -> ProgramFigures | None:
+    """The program's size and verification from results.json; None where either is missing
+    (a standard-Transformer baseline has no program) or malformed."""
+    try:
+        size, verification = results["size"], results["verification"]
+        modules = {kind: sum(map(int, size["modules"][kind].values())) for kind in SIZES}
+        return ProgramFigures(
+            code_lines=int(size["code_lines"]["simplified"]),
+            code_lines_unsimplified=int(size["code_lines"]["unsimplified"]),
+            modules=modules["simplified"],
+            modules_unsimplified=modules["unsimplified"],
+            verified_on=str(verification["mode"]),
+            verified_inputs=int(verification["n_inputs"]),
+            wrong_inputs=int(verification["n_wrong"]),
+            verified_accuracy=float(verification["token_accuracy"]),
+            simplified_agreement=float(verification["simplified_vs_unsimplified"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _read_json(path: Path) -> Any:
