@@ -24,7 +24,7 @@ from torch.profiler import profile
 from tprog.rundir import Run
 from tprog.tasks import task_config
 from tprog.tasks.registry import get_task
-from tprog.train import Tensors, _train_epoch, resolve, train
+from tprog.train import Tensors, _train_epoch, new_optimizer, resolve, train
 
 
 def main() -> None:
@@ -64,7 +64,7 @@ def print_profile(config, dataset) -> None:
     run = Run(None, config, get_task(config.task), dataset.vocab, dataset.labels)
     generator = torch.Generator().manual_seed(config.seed)
     model = run.new_model(generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    optimizer = new_optimizer(model, config.train.lr)
     generators = {"data": generator, "noise": torch.Generator().manual_seed(config.seed)}
     data = Tensors.of(dataset.train, "cpu")
     taus = np.full(10**6, config.train.tau_start)

@@ -144,7 +144,7 @@ class Session:
         config, device = run.config, run.config.train.device
         generator = torch.Generator(device="cpu").manual_seed(config.seed)
         model = run.new_model(generator).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+        optimizer = new_optimizer(model, config.train.lr)
         generators = {
             "data": generator,
             "noise": torch.Generator(device=device).manual_seed(config.seed),
@@ -324,6 +324,14 @@ def _train_epoch(
 
     loss = optimise_epoch(model, optimizer, train_t, batch_size, generators["data"], batch_loss)
     return loss, step + math.ceil(len(train_t.ids) / batch_size)
+
+
+def new_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam over ``model``'s parameters. A Transformer Program has dozens of small parameter
+    tensors, and Adam's default on CPU (a loop of ~10 tensor operations per parameter) costs
+    milliseconds a step; the multi-tensor ("foreach") version takes the same steps, bit for
+    bit, in a fraction of the time."""
+    return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
 
 
 def optimise_epoch(
