@@ -326,8 +326,8 @@ def _layer(name: str) -> str | None:
 def _program_source(gen: _Gen) -> str:
     lines = [
         "def program(tokens, positions, ones):",
-        '    """Every variable of the program, from the inputs: lists for one input (run), or',
-        '    numpy arrays [inputs, length] for a batch of inputs of one length (run_batch)."""',
+        '    """Every variable of the program, by name: lists for one input (run), or numpy',
+        '    arrays [inputs, length] for a batch of inputs of one length (run_batch)."""',
     ]
     layer = None
     for module, fn in zip(gen.p.modules, gen.functions, strict=True):
@@ -335,8 +335,8 @@ def _program_source(gen: _Gen) -> str:
             layer = _layer(module.name)
             lines += ["", f"    # layer {layer}"]
         lines.append(_statement(module, fn))
-    names = ["tokens", "positions", "ones", *(m.name for m in gen.p.modules)]
-    lines += ["", "    return {", *(f"        {x!r}: {x}," for x in names), "    }"]
+    # The body's only locals are the inputs and one variable per module: all of them, by name.
+    lines += ["", "    return locals()"]
     return "\n".join(lines)
 
 

@@ -20,6 +20,22 @@ CAUSAL = @CAUSAL@
 _INDEX = {token: i for i, token in enumerate(VOCAB)}
 # A categorical variable holds tokens (strings) or, if not, one of these integers.
 INTEGERS = range(max(D_VAR, N_CTX))
+
+# What was learned comes first: program(), the program itself, then the predicates and
+# MLP tables it calls. The helpers it uses, and run/run_batch, follow them: the runtime,
+# the same in every tprog program.
+
+
+@PROGRAM@
+
+
+@FUNCTIONS@# The classifier: accumulation order, and which categorical variables hold tokens.
+@TERMS@
+@TOKEN_VALUED@
+
+
+# --- The runtime: the same in every tprog program ------------------------------------------------
+
 # Results the helpers compute once and keep (they depend on nothing but their key).
 _ORDERS = {}  # n -> preference_order(n)
 _MATCHES = {}  # (predicate, queries are tokens, keys are tokens) -> match_table(...)
@@ -107,9 +123,6 @@ def apply(function, xs, ys):
     return [function(x, y) for x, y in zip(xs, ys, strict=True)]
 
 
-@FUNCTIONS@# The classifier: accumulation order, and which categorical variables hold tokens.
-@TERMS@
-@TOKEN_VALUED@
 _CATEGORICAL = _DATA["categorical"]
 _NUMERICAL = _DATA["numerical"]
 # Per classifier variable, value -> the weights (one per label) it adds to the logits; a
@@ -208,9 +221,6 @@ def run_batch(inputs):
             for number, row in zip(chunk, labels, strict=True):
                 outputs[number] = row
     return outputs
-
-
-@PROGRAM@
 
 
 # The helpers on numpy arrays [inputs, length] (run_batch). Predicates and MLP functions are
