@@ -183,6 +183,9 @@ def test_a_broken_program_gets_its_shortest_counterexamples() -> None:
     assert report.sequence_accuracy == pytest.approx(3 / 14)
     assert report.token_accuracy == pytest.approx(0.5)  # "a" and "b" are equally common
     assert [" ".join(case.input[1:]) for case in report.counterexamples] == SHORTEST_WITH_B
+    # <s> and 1, 2 or 3 symbols: 2, 4 and 8 inputs, all but the one without a "b" wrong.
+    by_length = [(c.length, c.n_inputs, c.n_wrong) for c in report.by_length]
+    assert by_length == [(2, 2, 1), (3, 4, 3), (4, 8, 7)]
     first = report.counterexamples[0]
     assert (first.input, first.expected, first.predicted) == ((BOS, "b"), (PAD, "b"), ("a", "a"))
 
@@ -299,6 +302,15 @@ def test_verify_checks_the_whole_domain_and_writes_verify_json(run_dir: Path) ->
     assert unsimplified["name"] == "program_unsimplified.json"
     assert unsimplified["agreement"] == 1.0
     assert 0.0 <= report["token_accuracy"] <= 1.0
+    # <s> and 1..4 symbols of 3: 3, 9, 27 and 81 inputs of 2..5 tokens
+    by_length = [(c["length"], c["n_inputs"]) for c in report["by_length"]]
+    assert by_length == [(2, 3), (3, 9), (4, 27), (5, 81)]
+    assert sum(c["n_wrong"] for c in report["by_length"]) == report["n_wrong"]
+    assert report["n_wrong"] > 0  # two epochs of training (seeded) are not enough for hist
+    counts = ", ".join(
+        f"{c['length']}: {c['n_wrong']}/{c['n_inputs']}" for c in report["by_length"]
+    )
+    assert f"wrong inputs by input length (tokens): {counts}" in result.stdout
 
 
 def test_verify_samples_when_asked_for_fewer_inputs(run_dir: Path) -> None:

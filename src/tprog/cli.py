@@ -192,6 +192,9 @@ def _print_report(report: VerifyReport) -> None:
         f"token accuracy {report.token_accuracy:.6f}, sequence accuracy "
         f"{report.sequence_accuracy:.6f} ({report.n_wrong} of {report.n_inputs} inputs wrong)"
     )
+    if report.n_wrong:
+        counts = (f"{c.length}: {c.n_wrong}/{c.n_inputs}" for c in report.by_length)
+        click.echo(f"wrong inputs by input length (tokens): {', '.join(counts)}")
     if report.counterexamples:
         click.echo("shortest counterexamples (<pad> targets are not scored):")
     for case in report.counterexamples:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import textwrap
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,7 @@ def _verification(report: VerifyReport) -> dict[str, Any]:
         "n_wrong": report.n_wrong,
         "shortest_counterexample": None if shortest is None else list(shortest.input),
         "simplified_vs_unsimplified": report.references[0].agreement,
+        "by_length": [asdict(count) for count in report.by_length],
     }
 
 

@@ -63,6 +63,13 @@ class ReferenceCheck:
 
 
 @dataclass(frozen=True)
+class LengthCount:
+    length: int  # tokens in the input, special tokens included
+    n_inputs: int
+    n_wrong: int
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     task: str
     mode: str  # "whole domain", "uniform sample of N" or "generator sample of N"
@@ -74,6 +81,9 @@ class VerifyReport:
     n_wrong: int  # inputs with at least one wrong scored position
     counterexamples: tuple[Counterexample, ...]  # shortest first
     references: tuple[ReferenceCheck, ...] = ()
+    # Per input length, how many inputs were checked and how many were wrong: where a learned
+    # algorithm breaks (e.g. only on the shortest inputs, which the training data rarely holds).
+    by_length: tuple[LengthCount, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +218,8 @@ class _Tally:
         self.label_ids = {label: i for i, label in enumerate(program.classifier.labels)}
         self.n_inputs = self.n_wrong = self.n_scored = self.n_right = 0
         self.counterexamples: _Shortest[Counterexample] = _Shortest(MAX_COUNTEREXAMPLES)
+        self.inputs_by_length = np.zeros(program.n_ctx + 1, dtype=np.int64)
+        self.wrong_by_length = np.zeros(program.n_ctx + 1, dtype=np.int64)
         self.agreeing = [0] * len(self.references)
         self.disagreements: list[_Shortest[Disagreement]] = [_Shortest(1) for _ in references]
 
@@ -220,6 +232,8 @@ class _Tally:
         self.n_wrong += int(wrong.sum())
         self.n_scored += n_scored
         self.n_right += n_right
+        self.inputs_by_length += np.bincount(lengths, minlength=len(self.inputs_by_length))
+        self.wrong_by_length += np.bincount(lengths[wrong], minlength=len(self.wrong_by_length))
         self.counterexamples.offer(
             np.flatnonzero(wrong),
             ids,
@@ -265,6 +279,11 @@ class _Tally:
             self.n_wrong,
             self.counterexamples.items(),
             checks,
+            by_length=tuple(
+                LengthCount(length, int(count), int(self.wrong_by_length[length]))
+                for length, count in enumerate(self.inputs_by_length.tolist())
+                if count
+            ),
         )
 
     def _encode(self, inputs: TokenRows) -> tuple[np.ndarray, np.ndarray]:
