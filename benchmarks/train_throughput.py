@@ -4,9 +4,12 @@
 (~11.4k examples). The first epoch is warm-up; validation is switched off so that only
 training steps are timed.
 
-    python benchmarks/train_throughput.py [--epochs 5] [--task sort] [--profile]
+    python benchmarks/train_throughput.py [--epochs 5] [--task sort] [--profile] [--step-cost]
 
 ``--profile`` also prints where one epoch's time goes, by operator and input shape.
+``--step-cost`` also times training steps at batch sizes 64 to 512 and fits
+``seconds per step = fixed + per_example * batch``: the part a step pays whatever its size
+(operator dispatch, autograd, the optimiser) against the part that grows with the data.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +25,11 @@ import torch
 from _common import emit
 from torch.profiler import profile
 
+from tprog.model.sampling import Sampling
 from tprog.rundir import Run
 from tprog.tasks import task_config
 from tprog.tasks.registry import get_task
-from tprog.train import Tensors, _train_epoch, new_optimizer, resolve, train
+from tprog.train import Tensors, _train_epoch, new_optimizer, resolve, sequence_loss, train
 
 
 def main() -> None:
@@ -32,6 +37,7 @@ def main() -> None:
     parser.add_argument("--task", default="sort")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--step-cost", action="store_true")
     args = parser.parse_args()
     overrides = {
         "train.epochs": args.epochs + 1,
@@ -57,16 +63,52 @@ def main() -> None:
     )
     if args.profile:
         print_profile(config, dataset)
+    if args.step_cost:
+        print_step_cost(config, dataset)
 
 
-def print_profile(config, dataset) -> None:
-    """One training epoch (after one of warm-up) under the torch profiler."""
+def print_step_cost(config, dataset, batch_sizes=(64, 128, 256, 512), steps=20) -> None:
+    """Median seconds per step at each batch size (after warm-up steps), and a least-squares
+    line through them."""
+    model, optimizer, data, generators = _training_state(config, dataset)
+    sampling = Sampling(config.train.tau_start, generators["noise"])
+    seconds = []
+    for batch_size in batch_sizes:
+        batch = torch.arange(batch_size)
+        times = []
+        for number in range(steps + 3):  # the first steps of a new size are warm-up
+            started = time.perf_counter()
+            logits = model(data.ids[batch], data.lengths[batch], sampling)
+            loss = sequence_loss(logits, data.targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if number >= 3:
+                times.append(time.perf_counter() - started)
+        seconds.append(sorted(times)[len(times) // 2])
+    per_example, fixed = np.polyfit(batch_sizes, seconds, 1)
+    emit(
+        "train_step_cost",
+        task=config.task,
+        batch_sizes=list(batch_sizes),
+        ms_per_step=[round(1000 * s, 2) for s in seconds],
+        fixed_ms_per_step=round(1000 * fixed, 2),
+        ms_per_example=round(1000 * per_example, 4),
+    )
+
+
+def _training_state(config, dataset):
     run = Run(None, config, get_task(config.task), dataset.vocab, dataset.labels)
     generator = torch.Generator().manual_seed(config.seed)
     model = run.new_model(generator)
     optimizer = new_optimizer(model, config.train.lr)
     generators = {"data": generator, "noise": torch.Generator().manual_seed(config.seed)}
-    data = Tensors.of(dataset.train, "cpu")
+    return model, optimizer, Tensors.of(dataset.train, "cpu"), generators
+
+
+def print_profile(config, dataset) -> None:
+    """One training epoch (after one of warm-up) under the torch profiler."""
+    model, optimizer, data, generators = _training_state(config, dataset)
     taus = np.full(10**6, config.train.tau_start)
     _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators)
     with profile(record_shapes=True) as prof:
