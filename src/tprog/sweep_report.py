@@ -188,7 +188,7 @@ def _programs_table(groups: dict[tuple[str, str], Group]) -> list[str]:
             f"| {task} | {slug} | {run.seed} "
             f"| {program.code_lines_unsimplified} → {program.code_lines} "
             f"| {program.modules_unsimplified} → {program.modules} "
-            f"| {program.verified_on} ({program.verified_inputs:,} inputs) "
+            f"| {_verified_on(program)} "
             f"| {_percent(program.verified_accuracy)} | {program.wrong_inputs:,} "
             f"| {program.simplified_agreement:.6f} |"
         )
@@ -209,6 +209,13 @@ def _programs_table(groups: dict[tuple[str, str], Group]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
+
+
+def _verified_on(program: ProgramFigures) -> str:
+    """The whole domain with its size; a sample, whose mode already says how many."""
+    if program.verified_on == "whole domain":
+        return f"whole domain ({program.verified_inputs:,} inputs)"
+    return program.verified_on
 
 
 def _percent(value: float | None) -> str:
