@@ -25,11 +25,10 @@ import torch
 from _common import emit
 from torch.profiler import profile
 
-from tprog.model.sampling import Sampling
 from tprog.rundir import Run
 from tprog.tasks import task_config
 from tprog.tasks.registry import get_task
-from tprog.train import Tensors, _train_epoch, new_optimizer, resolve, sequence_loss, train
+from tprog.train import Tensors, _train_epoch, new_optimizer, resolve, train
 
 
 def main() -> None:
@@ -71,18 +70,17 @@ def print_step_cost(config, dataset, batch_sizes=(64, 128, 256, 512), steps=20) 
     """Median seconds per step at each batch size (after warm-up steps), and a least-squares
     line through them."""
     model, optimizer, data, generators = _training_state(config, dataset)
-    sampling = Sampling(config.train.tau_start, generators["noise"])
+    taus = np.full(steps + 3, config.train.tau_start)
     seconds = []
     for batch_size in batch_sizes:
-        batch = torch.arange(batch_size)
+        # An epoch over a split of one batch is one training step, exactly as training takes it.
+        one_batch = Tensors(
+            data.ids[:batch_size], data.targets[:batch_size], data.lengths[:batch_size]
+        )
         times = []
         for number in range(steps + 3):  # the first steps of a new size are warm-up
             started = time.perf_counter()
-            logits = model(data.ids[batch], data.lengths[batch], sampling)
-            loss = sequence_loss(logits, data.targets[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _train_epoch(model, optimizer, one_batch, batch_size, taus, number, generators)
             if number >= 3:
                 times.append(time.perf_counter() - started)
         seconds.append(sorted(times)[len(times) // 2])
