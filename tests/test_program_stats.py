@@ -1,5 +1,7 @@
 from tests.test_induction_circuit import induction_program
-from tprog.program_stats import code_lines, module_counts
+from tprog.codegen import program_to_python
+from tprog.codegen_template import RUNTIME_BANNER
+from tprog.program_stats import code_lines, learned_lines, module_counts
 
 SOURCE = '''"""A module docstring
 over two lines."""
@@ -29,3 +31,13 @@ def test_module_counts_list_every_kind() -> None:
         "categorical MLPs": 0,
         "numerical MLPs": 0,
     }
+
+
+def test_learned_lines_count_the_program_without_the_runtime() -> None:
+    program = induction_program(("<pad>", "<s>", "a"), ("<pad>", "a"), 3)
+    source = program_to_python(program)[0]
+    own = source[source.index("\ndef program(") : source.index(RUNTIME_BANNER)]
+    # The runtime is the same for every program; only the program's own part is counted.
+    assert learned_lines(source) == code_lines(own) < code_lines(source)
+    assert own.count("def ") == 3  # program() and one predicate per head
+    assert "def run(" not in own and "def select(" not in own

@@ -169,7 +169,9 @@ def test_the_shipped_sweep_files_are_the_paper_settings() -> None:
 
 
 def program(code_lines: int, wrong_inputs: int) -> ProgramFigures:
-    return ProgramFigures(code_lines, 400, 30, 30, "whole domain", 19530, wrong_inputs, 0.99, 1.0)
+    return ProgramFigures(
+        code_lines, 400, 30, 30, "whole domain", 19530, wrong_inputs, 0.99, 1.0, code_lines - 60
+    )
 
 
 def test_summary_takes_the_best_seed_by_validation(tmp_path) -> None:
@@ -185,7 +187,7 @@ def test_summary_takes_the_best_seed_by_validation(tmp_path) -> None:
     assert reverse + " Table 1 |" in summary
     # The programs table shows the same seed's program, and only configurations that have one.
     programs = summary.split("## Programs")[1]
-    row = "| reverse | default | 1 | 400 → 102 | 30 → 30 | whole domain (19,530 inputs) |"
+    row = "| reverse | default | 1 | 400 → 102 | 42 | 30 → 30 | whole domain (19,530 inputs) |"
     assert row + " 99.00 | 2 | 1.000000 |" in programs and "| sort |" not in programs
     assert "| sort | default | 0/5 | — | — | — | — | 99.83 | 100.00 | Table 1 |" in summary
     assert "- `runs/reverse/default-s3`: failed: training diverged at epoch 3" in summary
@@ -196,7 +198,7 @@ def test_summary_takes_the_best_seed_by_validation(tmp_path) -> None:
 def test_program_figures_only_from_complete_results() -> None:
     results = {
         "size": {
-            "code_lines": {"simplified": 90, "unsimplified": 120},
+            "code_lines": {"simplified": 90, "unsimplified": 120, "learned": 30},
             "modules": {
                 "simplified": {"categorical heads": 2, "categorical MLPs": 1},
                 "unsimplified": {"categorical heads": 4, "categorical MLPs": 1},
@@ -208,8 +210,11 @@ def test_program_figures_only_from_complete_results() -> None:
         },
     }  # fmt: skip
     assert program_figures(results) == ProgramFigures(
-        90, 120, 3, 5, "uniform sample of 100", 100, 3, 0.97, 1.0
+        90, 120, 3, 5, "uniform sample of 100", 100, 3, 0.97, 1.0, 30
     )
+    # Decompiled before the runtime was told apart: no figure for the program's own lines.
+    del results["size"]["code_lines"]["learned"]
+    assert program_figures(results).learned_lines is None
     assert program_figures({"agreement": None}) is None  # a baseline: no program
     assert program_figures({**results, "verification": None}) is None
 
@@ -224,7 +229,7 @@ def test_a_parallel_sweep_writes_its_reports(local_sweep) -> None:
         "task", "model.n_layers", "seed", "run_dir", "train_accuracy", "val_accuracy",
         "test_accuracy", "agreement", "code_lines", "code_lines_unsimplified", "modules",
         "modules_unsimplified", "verified_on", "verified_inputs", "wrong_inputs",
-        "verified_accuracy", "simplified_agreement", "seconds", "status",
+        "verified_accuracy", "simplified_agreement", "learned_lines", "seconds", "status",
     ]  # fmt: skip
     assert [row["run_dir"] for row in rows] == [f"runs/sort/{name}" for name in RUN_NAMES]
     assert [(row["model.n_layers"], row["seed"]) for row in rows] == [
@@ -236,6 +241,7 @@ def test_a_parallel_sweep_writes_its_reports(local_sweep) -> None:
         assert float(row["test_accuracy"]) == results["test_accuracy"]
         size, verification = results["size"], results["verification"]
         assert int(row["code_lines"]) == size["code_lines"]["simplified"]
+        assert 0 < int(row["learned_lines"]) == size["code_lines"]["learned"] < 100
         assert int(row["modules_unsimplified"]) == sum(size["modules"]["unsimplified"].values())
         assert (row["verified_on"], row["verified_inputs"]) == ("whole domain", "155")
         assert int(row["wrong_inputs"]) == verification["n_wrong"]

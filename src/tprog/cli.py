@@ -17,6 +17,7 @@ import numpy as np
 from tprog.config import load_config_file, parse_overrides
 from tprog.errors import TprogError
 from tprog.pipeline import (
+    continue_run,
     decompile_dir,
     evaluate_dir,
     resume_and_decompile,
@@ -122,15 +123,39 @@ def _print_results(results: dict, program_path: Path) -> None:
         f"{checked['token_accuracy']:.4f}, whole-sequence accuracy "
         f"{checked['sequence_accuracy']:.4f}"
     )
+    if results.get("pruning"):
+        pruning = results["pruning"]
+        tried = len(pruning["attempts"])
+        click.echo(
+            f"pruning: removed {len(pruning['removed'])} of {tried} heads and MLPs; val accuracy "
+            f"{pruning['trained_val_accuracy']:.4f} -> {pruning['val_accuracy']:.4f}"
+        )
     if results.get("refinement"):
         rounds, kept = results["refinement"]["rounds"], results["refinement"]["kept_round"]
         wrong = " -> ".join(str(record["n_wrong"]) for record in rounds)
         click.echo(f"refinement: inputs wrong after each round {wrong}; kept round {kept}")
     lines = results["size"]["code_lines"]
     click.echo(
-        f"program: {program_path} ({lines['simplified']} code lines; "
-        f"{lines['unsimplified']} before simplification)"
+        f"program: {program_path} ({lines['simplified']} code lines, "
+        f"{lines.get('learned', '?')} of them its own; {lines['unsimplified']} before "
+        "simplification)"
     )
+
+
+@cli.command(name="continue")
+@click.argument("source", metavar="RUN_DIR", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The new run.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing directory at --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def continue_(source: Path, overrides, out: Path, overwrite: bool, quiet: bool) -> None:
+    """Prune and/or refine a trained run as a new run: KEY=VALUE sets train.prune* and
+    train.refine* (e.g. train.prune=true); RUN_DIR stays as it is."""
+    outcome = continue_run(
+        source, out, parse_overrides(overrides), overwrite=overwrite, progress=not quiet
+    )
+    _print_results(outcome.results, outcome.program_path)
+    click.echo(str(out))
 
 
 @cli.command()

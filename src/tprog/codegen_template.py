@@ -1,5 +1,8 @@
 """The fixed part of every generated program module (see `tprog.codegen`)."""
 
+# Where the program's own part ends and the runtime, the same in every program, begins.
+RUNTIME_BANNER = "# --- The runtime: the same in every tprog program"
+
 # The fixed part of every generated module; @NAME@ slots are filled in one pass (re.sub), so
 # text placed in one slot is never searched for another.
 TEMPLATE = '''@DOC@

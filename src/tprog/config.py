@@ -63,6 +63,21 @@ class TrainConfig(_Section):
         10, ge=1, description="write a resumable checkpoint every N epochs"
     )
     device: Literal["cpu", "cuda"] = "cpu"
+    prune: bool = Field(
+        False,
+        description="after training, remove heads and MLPs one at a time while val accuracy "
+        "stays within train.prune_tolerance of the trained model's (see tprog.prune)",
+    )
+    prune_epochs: int = Field(
+        3, ge=0, description="epochs of fine-tuning after each removal (0: remove for free only)"
+    )
+    prune_lr: float = Field(0.01, gt=0, description="learning rate of that fine-tuning")
+    prune_tau: float = Field(
+        0.1, gt=0, description="temperature that fine-tuning anneals from to tau_end"
+    )
+    prune_tolerance: float = Field(
+        0.0, ge=0, le=1, description="val accuracy a removal may cost (a fraction, 0.001 = 0.1%)"
+    )
     refine: int = Field(
         0, ge=0, description="rounds of counterexample-guided refinement after training"
     )
@@ -219,6 +234,26 @@ def build_config(task: str, layers: Sequence[Mapping[str, Any]]) -> RunConfig:
         raise ConfigError(_describe(exc.errors()[0])) from exc
 
 
+def post_training_keys() -> list[str]:
+    """The keys of the stages after training (pruning, refinement): changing them leaves the
+    trained model as it is."""
+    stages = ("prune", "refine")
+    return [f"train.{key}" for key in TrainConfig.model_fields if key.startswith(stages)]
+
+
+def with_post_training(config: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
+    """``config`` with ``overrides`` applied, which may only set `post_training_keys`."""
+    for key in overrides:
+        if key not in post_training_keys():
+            raise ConfigError(
+                f"config key {key!r} would change the trained model; only what comes after "
+                f"training may change here: {', '.join(post_training_keys())}."
+            )
+    tree = _flatten(json.loads(config.to_json()))
+    del tree["task"]
+    return build_config(config.task, [tree, overrides])
+
+
 def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
     """Reject configurations that cannot work; returns the resolved ``d_var``."""
     data, model = config.data, config.model
@@ -241,6 +276,8 @@ def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
         raise ConfigError("the task has no output labels.")
     if config.train.tau_end > config.train.tau_start:
         raise ConfigError("train.tau_end must not exceed train.tau_start (the schedule anneals).")
+    if config.train.prune and config.train.tau_end > config.train.prune_tau:
+        raise ConfigError("train.tau_end must not exceed train.prune_tau (fine-tuning anneals).")
     refine_tau = config.train.refine_tau
     if config.train.refine and refine_tau is not None and config.train.tau_end > refine_tau:
         raise ConfigError("train.tau_end must not exceed train.refine_tau (rounds anneal too).")

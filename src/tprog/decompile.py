@@ -28,7 +28,8 @@ from tprog.faithful import check_agreement, rows_agree
 from tprog.interpret import predict_ids
 from tprog.ir import Program
 from tprog.model.program import TransformerProgram
-from tprog.program_stats import code_lines, module_counts
+from tprog.program_stats import code_lines, learned_lines, module_counts
+from tprog.prune import pruning_summary
 from tprog.refine import refinement_summary
 from tprog.rundir import PROGRAM_JSON, PROGRAM_PY, RESULTS, Run, write_atomic, write_json
 from tprog.simplify import Basis, simplify
@@ -97,6 +98,7 @@ def decompile(
         "simplified_on": basis.description,
         "verification": _verification(report),
         "size": size,
+        "pruning": pruning_summary(run.path),
         "refinement": refinement_summary(run.path),
         "machine": platform.machine(),
     }
@@ -132,10 +134,12 @@ def _agreement(program: Program, predictions: dict[str, np.ndarray], dataset: Da
 
 
 def _size(raw: Program, program: Program) -> dict[str, Any]:
+    source = program_to_python(program)[0]
     return {
         "code_lines": {
             "unsimplified": code_lines(program_to_python(raw)[0]),
-            "simplified": code_lines(program_to_python(program)[0]),
+            "simplified": code_lines(source),
+            "learned": learned_lines(source),  # of the simplified program, without the runtime
         },
         "modules": {"unsimplified": module_counts(raw), "simplified": module_counts(program)},
     }
@@ -180,7 +184,8 @@ def _header(
         f"On {checked} of the task's domain ({report.n_inputs:,} inputs): token accuracy "
         f"{report.token_accuracy:.4f}, whole-sequence accuracy {report.sequence_accuracy:.4f}.",
         f"Live: {live}; {lines['simplified']} code lines ({lines['unsimplified']} before "
-        "simplification).",
+        f"simplification), {lines['learned']} of them this program's own and the rest the "
+        "runtime, the same in every tprog program.",
         f"Simplified on {basis.description}: every output there is unchanged"
         + ("." if basis.whole_domain else "; elsewhere it may differ from the unsimplified one."),
         "Checked equal to the hard model on every train/val/test example.",

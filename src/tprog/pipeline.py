@@ -4,23 +4,35 @@ verify."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from tprog.checkpoint import CHECKPOINT
 from tprog.codegen import load_program_module
-from tprog.config import RunConfig
-from tprog.data import build_dataset
+from tprog.config import RunConfig, with_post_training
+from tprog.data import Dataset, build_dataset
 from tprog.decompile import PROGRAM_UNSIMPLIFIED_JSON, Outcome, decompile
 from tprog.errors import FaithfulnessError, InputError, RunDirError, TprogError
 from tprog.faithful import rows_agree
 from tprog.interpret import predict_ids, run_program
 from tprog.ir import Program
-from tprog.refine import refine
+from tprog.prune import PRUNING, prune
+from tprog.refine import REFINEMENT, refine
 from tprog.rundir import (
+    CONFIG,
+    METRICS,
     PROGRAM_JSON,
+    RUN,
+    TIMING,
+    VOCAB,
+    Run,
     load_config,
     load_run,
+    load_torch_file,
     require_program_run,
+    save_torch_file,
+    write_atomic,
     write_json,
 )
 from tprog.train import hard_predictions, resolve, split_accuracy, train
@@ -46,8 +58,7 @@ def train_and_decompile(
     if config.model.kind == "standard":  # the baseline: trained and evaluated, no program
         return train_standard(config, Path(out_dir), progress=progress, dataset=dataset)
     run = train(config, out_dir, progress=progress, dataset=dataset)
-    refine(run, dataset, progress=progress)
-    return decompile(run, dataset=dataset, model=run.load_model())
+    return _after_training(run, dataset, progress)
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
@@ -81,8 +92,51 @@ def resume_and_decompile(
             config, Path(run_dir), progress=progress, dataset=dataset, resume=True
         )
     run = train(config, Path(run_dir), progress=progress, dataset=dataset, resume=True)
+    return _after_training(run, dataset, progress)
+
+
+def _after_training(run: Run, dataset: Dataset, progress: bool) -> Outcome:
+    """The stages after training (each a no-op unless configured), then decompiling."""
+    prune(run, dataset, progress=progress)
     refine(run, dataset, progress=progress)
     return decompile(run, dataset=dataset, model=run.load_model())
+
+
+def continue_run(
+    source: Path,
+    out: Path,
+    overrides: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Outcome:
+    """A new run in ``out`` that starts from the trained model of the run in ``source`` and
+    runs the stages after training as ``overrides`` set them (train.prune*, train.refine*),
+    then decompiles it. ``source`` is left as it is.
+
+    Its training is ``source``'s: config, vocabulary, logs and end-of-training checkpoint
+    are copied, so the new run is the run that the new config would have made from scratch.
+    """
+    source, out = Path(source), Path(out)
+    config = load_config(source)
+    require_program_run(config, source)
+    new_config = with_post_training(config, overrides)
+    blob = load_torch_file(source / CHECKPOINT, "epoch")
+    stages = [name for name in (PRUNING, REFINEMENT) if (source / name).exists()]
+    if blob["epoch"] != config.train.epochs or stages:
+        raise RunDirError(
+            f"{source} has no end-of-training checkpoint to continue from "
+            f"({', '.join(stages) or 'its checkpoint is from epoch ' + str(blob['epoch'])}); "
+            "continue from a run that has finished training and nothing after it."
+        )
+    new_config, dataset = resolve(new_config)
+    prepare_run_dir(out, overwrite)
+    for name in (RUN, VOCAB, METRICS, TIMING):
+        shutil.copyfile(source / name, out / name)
+    write_atomic(out / CONFIG, new_config.to_json())
+    save_torch_file(out / CHECKPOINT, {**blob, "config": new_config.to_json()})
+    run = train(new_config, out, progress=progress, dataset=dataset, resume=True)
+    return _after_training(run, dataset, progress)
 
 
 def decompile_dir(path: Path) -> Outcome:

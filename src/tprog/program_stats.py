@@ -8,6 +8,7 @@ import tokenize
 from collections import Counter
 
 from tprog import ir
+from tprog.codegen_template import RUNTIME_BANNER
 
 _NOT_CODE = {
     tokenize.COMMENT,
@@ -39,6 +40,15 @@ def code_lines(source: str) -> int:
         for line in range(token.start[0], token.end[0] + 1)
     }
     return len(lines - docstring_lines)
+
+
+def learned_lines(source: str) -> int:
+    """Code lines of a generated program's own part: program(), its predicates and tables and
+    the classifier's terms, from ``def program(`` to the runtime (which is the same in every
+    program, and a reader skips it as they would a library)."""
+    start = source.index("\ndef program(")
+    end = source.index(RUNTIME_BANNER)
+    return code_lines(source[start:end])
 
 
 def _is_docstring(statement: ast.stmt) -> bool:

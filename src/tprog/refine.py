@@ -38,6 +38,7 @@ import torch
 
 from tprog.data import Dataset, encode_split
 from tprog.model.program import TransformerProgram
+from tprog.prune import keep_removed, removed_modules
 from tprog.rundir import (
     MODEL,
     Run,
@@ -85,6 +86,7 @@ def refine(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[st
     session, done = Session.start(run, dataset, progress=progress, resume=True)
     for group in session.optimizer.param_groups:  # fine-tuning: smaller steps than training
         group["lr"] = cfg.refine_lr
+    keep_removed(session.optimizer, session.model, removed_modules(run.path))
     _keep_records_before(run.path / REFINEMENT, done)
     rounds = _Rounds(session, run, dataset)
     for round_ in range(cfg.refine + 1):

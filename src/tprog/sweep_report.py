@@ -187,6 +187,7 @@ def _programs_table(groups: dict[tuple[str, str], Group]) -> list[str]:
         rows.append(
             f"| {task} | {slug} | {run.seed} "
             f"| {program.code_lines_unsimplified} → {program.code_lines} "
+            f"| {'—' if program.learned_lines is None else program.learned_lines} "
             f"| {program.modules_unsimplified} → {program.modules} "
             f"| {_verified_on(program)} "
             f"| {_percent(program.verified_accuracy)} | {program.wrong_inputs:,} "
@@ -199,14 +200,15 @@ def _programs_table(groups: dict[tuple[str, str], Group]) -> list[str]:
         "## Programs",
         "",
         "The program of each configuration's best seed: code lines of `program.py` (weights, "
-        "comments and docstrings excluded) and live heads and MLPs, before → after "
-        "simplification; token accuracy and inputs with a wrong label on the inputs "
-        "`tprog verify` ran; agreement of the simplified program with the unsimplified one "
-        "there.",
+        "comments and docstrings excluded), before → after simplification; how many of "
+        "them are the program's own, not the runtime that every program shares; live heads "
+        "and MLPs, before → after simplification; token accuracy and inputs with a wrong "
+        "label on the inputs `tprog verify` ran; agreement of the simplified program with "
+        "the unsimplified one there.",
         "",
-        "| task | configuration | seed | code lines | heads and MLPs | verified on "
+        "| task | configuration | seed | code lines | its own | heads and MLPs | verified on "
         "| token accuracy | wrong inputs | simplified = unsimplified |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
 

@@ -65,6 +65,7 @@ class ProgramFigures:
     wrong_inputs: int  # inputs with at least one wrong label
     verified_accuracy: float  # token accuracy on those inputs
     simplified_agreement: float  # simplified vs unsimplified program on those inputs
+    learned_lines: int | None = None  # code lines without the runtime (None: decompiled before)
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,14 @@ def program_figures(results: dict[str, Any]) -> ProgramFigures | None:
             wrong_inputs=int(verification["n_wrong"]),
             verified_accuracy=float(verification["token_accuracy"]),
             simplified_agreement=float(verification["simplified_vs_unsimplified"]),
+            learned_lines=_optional_int(size["code_lines"].get("learned")),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _read_json(path: Path) -> Any:

@@ -1,0 +1,359 @@
+"""Pruning: a shorter program from a trained one, one head or MLP at a time.
+
+Simplification (`tprog.simplify`) only removes what provably never matters. A trained Transformer
+Program uses every module a little: at the Table 1 configuration no module of sort can be
+removed without changing some predictions, so its program stays 36 modules long. Pruning
+changes what is learned instead, and keeps the change only where validation says it costs
+nothing. With ``train.prune``, after training:
+
+1. every module is scored by the hard model's val accuracy with that module removed;
+2. in that order, least missed first, each module is removed and the model fine-tuned for
+   ``train.prune_epochs`` epochs (learning rate ``train.prune_lr``, temperature annealed from
+   ``train.prune_tau`` to ``train.tau_end``) with every module removed so far still removed;
+3. the removal is kept if val accuracy is then at least the trained model's less
+   ``train.prune_tolerance``; otherwise the model goes back to its state before the attempt.
+
+A module is *removed* by forbidding every later read of its variable (its read logits are held
+at -1e4, far below any learned logit, so no Gumbel sample or argmax picks it) and zeroing its
+classifier weights. The network keeps its shape; the module just no longer matters, and
+`simplify.remove_dead_modules` then drops it from the program, exactly. Refinement after
+pruning keeps the same modules removed (`keep_removed`).
+
+Every attempt is one line of ``pruning.jsonl`` (step 0 is the trained model). Attempts use
+random generators of their own, seeded by the run's seed and the step, and the state after
+each attempt is kept in ``pruning_state.pt``, so an interrupted run resumes to the same
+result. The pruned model replaces the end-of-training checkpoint, which is where refinement
+starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tprog.checkpoint import CHECKPOINT, save_checkpoint
+from tprog.config import RunConfig
+from tprog.data import Dataset
+from tprog.errors import RunDirError
+from tprog.model.program import TransformerProgram
+from tprog.model.sampling import Sampling
+from tprog.rundir import (
+    MODEL,
+    Run,
+    load_state,
+    load_torch_file,
+    save_model,
+    save_torch_file,
+    write_atomic,
+)
+from tprog.train import (
+    Session,
+    Tensors,
+    append_line,
+    hard_predictions,
+    new_optimizer,
+    optimise_epoch,
+    sequence_loss,
+    split_accuracy,
+    tau_schedule,
+)
+
+PRUNING = "pruning.jsonl"
+STATE = "pruning_state.pt"  # the model and modules removed after the last attempt
+FORBIDDEN = -1e4  # read logit of a removed module's variable
+
+
+def prune(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Prune the trained run in ``run.path`` (see the module docstring), leaving the pruned
+    model in model.pt and the end-of-training checkpoint; returns the attempt records (none if
+    pruning is off)."""
+    cfg = run.config.train
+    if not cfg.prune:
+        return []
+    session, _ = Session.start(run, dataset, progress=progress, resume=True)
+    state = _State.load(run.path)
+    if state is None:  # step 0: measure the trained model and fix the order of attempts
+        _keep_records_through(run.path / PRUNING, -1)
+        state, record = _State.first(session.model, dataset)
+        append_line(run.path / PRUNING, record)
+        state.save(run.path, session.model)
+    else:
+        load_state(session.model, state.weights, run.path / STATE, run.path)
+        _keep_records_through(run.path / PRUNING, state.step)
+    attempts = tqdm(
+        state.order[state.step :],
+        desc=f"{run.config.task}: pruning",
+        unit="module",
+        disable=not progress,
+        leave=False,
+    )
+    for module in attempts:
+        record = _attempt(session, dataset, state, module)
+        append_line(run.path / PRUNING, record)
+        state.save(run.path, session.model)
+    if not state.finished:
+        # The pruned model is where refinement (and a resumed run) starts; the optimiser starts
+        # afresh, its moments belong to the weights before pruning.
+        session.optimizer = new_optimizer(session.model, cfg.lr)
+        save_checkpoint(
+            run.path / CHECKPOINT,
+            epoch=cfg.epochs,
+            config_json=run.config.to_json(),
+            model=session.model,
+            optimizer=session.optimizer,
+            generators=session.generators,
+        )
+        save_model(run.path / MODEL, session.model.cpu(), run.config)
+        state.finished = True
+        state.save(run.path, session.model)
+    return read_records(run.path)
+
+
+@dataclass
+class _State:
+    """Where pruning stands: the attempt order, how many attempts are done, what was removed,
+    and (when read back for resuming) the weights after the last attempt."""
+
+    order: list[str]
+    step: int  # attempts done
+    removed: list[str]
+    reference: float  # the trained model's val accuracy
+    weights: dict[str, torch.Tensor] | None = None
+    finished: bool = False
+
+    @classmethod
+    def first(cls, model: TransformerProgram, dataset: Dataset) -> tuple[_State, dict[str, Any]]:
+        """Score every module by val accuracy without it; the least missed is tried first
+        (ties: in creation order). Returns the state and the record of step 0."""
+        names = module_names(model)
+        scores = {}
+        for name in names:
+            trial = _copy(model)
+            hold_removed(trial, [name])
+            scores[name] = _val_accuracy(trial, dataset)
+        order = sorted(names, key=lambda name: -scores[name])  # sorted() is stable
+        state = cls(order, 0, [], _val_accuracy(model, dataset))
+        record = {
+            "step": 0,
+            "val_accuracy": state.reference,
+            "order": order,
+            "val_without": [scores[name] for name in order],
+        }
+        return state, record
+
+    @classmethod
+    def load(cls, run_dir: Path) -> _State | None:
+        path = run_dir / STATE
+        if not path.is_file():
+            return None
+        blob = load_torch_file(path, "state_dict")
+        try:
+            return cls(
+                list(blob["order"]),
+                int(blob["step"]),
+                list(blob["removed"]),
+                float(blob["reference"]),
+                blob["state_dict"],
+                bool(blob["finished"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise RunDirError(f"{path} is corrupt (its pruning state is unusable).") from None
+
+    def save(self, run_dir: Path, model: TransformerProgram) -> None:
+        save_torch_file(
+            run_dir / STATE,
+            {
+                "order": self.order,
+                "step": self.step,
+                "removed": self.removed,
+                "reference": self.reference,
+                "state_dict": model.state_dict(),
+                "finished": self.finished,
+            },
+        )
+
+
+def _attempt(session: Session, dataset: Dataset, state: _State, module: str) -> dict[str, Any]:
+    """Try removing ``module``: keep the removal if val accuracy stays within tolerance, with
+    or without fine-tuning; either way advance ``state`` and return the attempt's record."""
+    cfg = session.config.train
+    state.step += 1
+    trial = _copy(session.model)
+    removed = [*state.removed, module]
+    hold_removed(trial, removed)
+    val_without = _val_accuracy(trial, dataset)
+    floor = state.reference - cfg.prune_tolerance
+    record: dict[str, Any] = {"step": state.step, "module": module, "val_without": val_without}
+    if val_without < floor and cfg.prune_epochs:
+        record["train_loss"] = _fine_tune(trial, dataset, removed, session.config, state.step)
+        record["val_accuracy"] = _val_accuracy(trial, dataset)
+    else:
+        record["val_accuracy"] = val_without
+    record["removed"] = record["val_accuracy"] >= floor
+    if record["removed"]:
+        session.model.load_state_dict(trial.state_dict())
+        state.removed = removed
+    return record
+
+
+def _fine_tune(
+    model: TransformerProgram, dataset: Dataset, removed: list[str], config: RunConfig, step: int
+) -> float:
+    """``prune_epochs`` epochs on the training split with ``removed`` held removed; returns the
+    last epoch's mean loss. Generators are seeded by (seed, step): an attempt is repeatable."""
+    cfg = config.train
+    device = next(model.parameters()).device
+    data = Tensors.of(dataset.train, cfg.device)
+    steps = cfg.prune_epochs * math.ceil(len(data.ids) / cfg.batch_size)
+    taus = tau_schedule(cfg.prune_tau, cfg.tau_end, steps)
+    shuffle, noise = (
+        torch.Generator(device=kind).manual_seed(_seed(config.seed, step, stream))
+        for stream, kind in enumerate(("cpu", device.type))
+    )
+    optimizer = new_optimizer(model, cfg.prune_lr)
+    keep_removed(optimizer, model, removed)
+    steps_done = 0
+    loss = math.nan
+
+    def batch_loss(batch: torch.Tensor, number: int) -> torch.Tensor:
+        sampling = Sampling(float(taus[steps_done + number]), noise)
+        logits = model(data.ids[batch], data.lengths[batch], sampling)
+        return sequence_loss(logits, data.targets[batch])
+
+    for _ in range(cfg.prune_epochs):
+        loss = optimise_epoch(model, optimizer, data, cfg.batch_size, shuffle, batch_loss)
+        steps_done += math.ceil(len(data.ids) / cfg.batch_size)
+    model.eval()
+    return loss
+
+
+def module_names(model: TransformerProgram) -> list[str]:
+    """The variable of every head and MLP, in creation order (inputs are never removed)."""
+    return [var.name for var in model.shape.layout.in_creation_order() if var.layer >= 0]
+
+
+def _removal_masks(
+    model: TransformerProgram, removed: list[str]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(parameter, entries to hold, value to hold them at) for every parameter that a removed
+    module's variable touches: each read that could pick it, and its classifier weights."""
+    layout = model.shape.layout
+    stacks = {
+        "categorical": {var.name: var.index for var in layout.categorical()},
+        "numerical": {var.name: var.index for var in layout.numerical()},
+    }
+
+    def columns(logits: torch.Tensor, kind: str) -> torch.Tensor:
+        # A read's options are the first variables of its stack, in stack order.
+        mask = torch.zeros_like(logits, dtype=torch.bool)  # [reads, options]
+        for name in removed:
+            index = stacks[kind].get(name)
+            if index is not None and index < logits.shape[1]:
+                mask[:, index] = True
+        return mask
+
+    for block in model.blocks:
+        reads = [
+            (block.cat_attn, "read", "categorical"),
+            (block.num_attn, "read", "categorical"),  # query and key
+            (block.num_attn, "read_value", "numerical"),
+            (block.cat_mlp, "read", "categorical"),
+            (block.num_mlp, "read", "numerical"),
+        ]
+        for layer, attribute, kind in reads:
+            if layer is not None:
+                logits = getattr(layer, attribute).logits
+                yield logits, columns(logits, kind), FORBIDDEN
+    for weights, kind in ((model.w_cat, "categorical"), (model.w_num, "numerical")):
+        mask = torch.zeros_like(weights, dtype=torch.bool)  # [variables, ...]
+        for name in removed:
+            if name in stacks[kind]:
+                mask[stacks[kind][name]] = True
+        yield weights, mask, 0.0
+
+
+@torch.no_grad()
+def hold_removed(model: TransformerProgram, removed: list[str]) -> None:
+    """Set the parameters that ``removed`` touch to the values that remove them."""
+    for parameter, mask, value in _removal_masks(model, removed):
+        parameter.masked_fill_(mask, value)
+
+
+def keep_removed(
+    optimizer: torch.optim.Optimizer, model: TransformerProgram, removed: list[str]
+) -> None:
+    """Hold ``removed`` removed after every step of ``optimizer`` (Adam's moments would
+    otherwise move the held entries, and a zeroed classifier weight has a gradient)."""
+    if not removed:
+        return
+    masks = list(_removal_masks(model, removed))
+
+    @torch.no_grad()
+    def hold(*_: Any) -> None:
+        for parameter, mask, value in masks:
+            parameter.masked_fill_(mask, value)
+
+    hold()
+    optimizer.register_step_post_hook(hold)
+
+
+def removed_modules(run_dir: Path) -> list[str]:
+    """The modules a finished pruning removed (none without pruning)."""
+    path = Path(run_dir) / STATE
+    if not path.is_file():
+        return []
+    state = _State.load(Path(run_dir))
+    return state.removed if state is not None and state.finished else []
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The attempt records of a run directory, step 0 first (none without pruning)."""
+    path = Path(run_dir) / PRUNING
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def pruning_summary(run_dir: Path) -> dict[str, Any] | None:
+    """What results.json says of pruning (None without it)."""
+    records = read_records(run_dir)
+    if not records:
+        return None
+    first, attempts = records[0], records[1:]
+    kept = [r for r in attempts if r["removed"]]
+    return {
+        "trained_val_accuracy": first["val_accuracy"],
+        "val_accuracy": kept[-1]["val_accuracy"] if kept else first["val_accuracy"],
+        "removed": [r["module"] for r in kept],
+        "attempts": attempts,
+    }
+
+
+def _copy(model: TransformerProgram) -> TransformerProgram:
+    trial = copy.deepcopy(model)
+    trial.eval()
+    return trial
+
+
+def _val_accuracy(model: TransformerProgram, dataset: Dataset) -> float:
+    return split_accuracy(hard_predictions(model, dataset.val), dataset.val)
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _keep_records_through(path: Path, step: int) -> None:
+    """Drop the records of attempts after ``step``: a resumed run makes them again."""
+    kept = [record for record in read_records(path.parent) if record["step"] <= step]
+    if path.is_file():
+        write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

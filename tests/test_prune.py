@@ -1,0 +1,164 @@
+"""Pruning: removed modules leave the program, val accuracy stays within tolerance, refinement
+keeps them removed, an interrupted pruning resumes to the identical result, and `tprog continue`
+prunes a finished run without touching it."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_cli import tprog
+from tprog import prune as prune_module
+from tprog.errors import ConfigError, RunDirError
+from tprog.pipeline import (
+    continue_run,
+    load_program,
+    resume_and_decompile,
+    train_and_decompile,
+)
+from tprog.prune import PRUNING, STATE, hold_removed, module_names, read_records
+from tprog.rundir import load_run
+from tprog.tasks import task_config
+
+# hist on inputs of at most 4 symbols, 1 layer of 6 modules trained briefly: some modules go
+# for free, some only after fine-tuning, and at least one cannot go.
+TINY = {
+    "data.size": 400,
+    "data.max_length": 5,
+    "model.n_layers": 1,
+    "model.n_heads_cat": 2,
+    "model.n_heads_num": 2,
+    "model.n_mlps_cat": 1,
+    "model.n_mlps_num": 1,
+    "model.d_mlp": 8,
+    "train.epochs": 10,
+    "train.batch_size": 32,
+    "train.checkpoint_every": 5,
+    "train.prune": True,
+    "train.prune_epochs": 1,
+    "train.prune_lr": 0.05,
+}
+OUTPUTS = ("model.pt", "checkpoint.pt", PRUNING, STATE, "results.json", "program.json")
+
+
+def pruned_run(out: Path, **overrides) -> Path:
+    train_and_decompile(task_config("hist", {**TINY, **overrides}), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    return pruned_run(tmp_path_factory.mktemp("prune") / "hist")
+
+
+def test_removed_modules_are_gone_from_the_program_and_val_stays_within_tolerance(reference):
+    records = read_records(reference)
+    results = json.loads((reference / "results.json").read_text())
+    pruning = results["pruning"]
+    attempts = records[1:]
+    assert pruning["attempts"] == attempts
+    assert [r["module"] for r in attempts] == records[0]["order"]
+    assert sorted(records[0]["order"]) == sorted(module_names(load_run(reference).load_model()))
+    removed = [r["module"] for r in attempts if r["removed"]]
+    assert pruning["removed"] == removed
+    assert 0 < len(removed) < len(attempts), "the tiny run should remove some modules, not all"
+    assert any("train_loss" in r for r in attempts if r["removed"]), "none needed fine-tuning"
+    for record in attempts:
+        assert record["removed"] == (record["val_accuracy"] >= records[0]["val_accuracy"])
+    program = load_program(reference)
+    produced = {module.name for module in program.modules}
+    assert produced.isdisjoint(removed)
+    assert set(records[0]["order"]) - set(removed) >= produced
+    assert results["agreement"] == {"unsimplified_ir": 1.0, "ir": 1.0, "code": 1.0}
+    assert results["val_accuracy"] == pruning["val_accuracy"] >= pruning["trained_val_accuracy"]
+
+
+def test_a_removed_module_is_never_read_and_adds_nothing_to_the_logits(reference) -> None:
+    model = load_run(reference).load_model()
+    names = module_names(model)
+    hold_removed(model, names)  # everything removed: only the inputs can matter
+    ids = torch.tensor([[1, 3, 4, 3, 2]])
+    lengths = torch.tensor([5])
+    stripped = model(ids, lengths)
+    (block,) = model.blocks
+    for read in (block.cat_attn.read, block.num_attn.read, block.cat_mlp.read):
+        assert max(read.chosen()) < 2, "a removed categorical variable was read"
+    for read in (block.num_attn.read_value, block.num_mlp.read):
+        assert max(read.chosen()) == 0, "a removed numerical variable was read"
+    assert torch.equal(model.w_cat[2:], torch.zeros_like(model.w_cat[2:]))
+    assert torch.equal(model.w_num[1:], torch.zeros_like(model.w_num[1:]))
+    # The logits are the inputs' classifier rows alone.
+    expected = (model.w_cat[0].double()[ids] + model.w_cat[1].double()[torch.arange(5)]).add(
+        model.w_num[0].double()
+    )
+    finite = ~model.masked
+    assert torch.equal(stripped[..., finite], expected[..., finite])
+
+
+def test_refinement_after_pruning_keeps_the_modules_removed(tmp_path) -> None:
+    overrides = {"train.refine": 1, "train.refine_epochs": 2, "train.refine_lr": 0.05}
+    out = pruned_run(tmp_path / "hist", **overrides, **{"train.refine_tau": 1.0})
+    results = json.loads((out / "results.json").read_text())
+    assert results["refinement"]["rounds"][0]["n_added"] > 0, "nothing was refined"
+    produced = {module.name for module in load_program(out).modules}
+    assert produced.isdisjoint(results["pruning"]["removed"])
+
+
+@pytest.mark.slow
+def test_interrupted_pruning_resumes_to_the_same_result(reference, tmp_path, monkeypatch):
+    """Killed in the middle of the attempts, then resumed with `tprog train --resume`."""
+    real_attempt, calls = prune_module._attempt, []
+
+    def dying_attempt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_attempt(*args, **kwargs)
+
+    monkeypatch.setattr(prune_module, "_attempt", dying_attempt)
+    out = tmp_path / "hist"
+    with pytest.raises(KeyboardInterrupt):
+        pruned_run(out)
+    assert len(read_records(out)) == 4  # step 0 and three attempts
+    monkeypatch.setattr(prune_module, "_attempt", real_attempt)
+    resume_and_decompile(out, progress=False)
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_prune_tau_below_tau_end_is_refused(tmp_path) -> None:
+    config = task_config("hist", {**TINY, "train.prune_tau": 0.001})
+    with pytest.raises(ConfigError, match="prune_tau"):
+        train_and_decompile(config, tmp_path / "hist", progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The reference run's training, without pruning."""
+    return pruned_run(tmp_path_factory.mktemp("trained") / "hist", **{"train.prune": False})
+
+
+def test_continue_prunes_a_finished_run_as_training_with_pruning_would(
+    trained, reference, tmp_path
+) -> None:
+    before = {path.name: path.read_bytes() for path in trained.iterdir()}
+    out = tmp_path / "continued"
+    result = tprog("continue", str(trained), "train.prune=true", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    removed = json.loads((reference / "results.json").read_text())["pruning"]["removed"]
+    assert f"pruning: removed {len(removed)} of 6 heads and MLPs" in result.stdout
+    for name in ("model.pt", PRUNING, "program.json"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert {path.name: path.read_bytes() for path in trained.iterdir()} == before
+
+
+def test_continue_refuses_what_would_change_the_trained_model(trained, reference, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape("'train.lr' would change the trained model")):
+        continue_run(trained, tmp_path / "a", {"train.lr": 0.1}, progress=False)
+    with pytest.raises(RunDirError, match=re.escape("pruning.jsonl")):
+        continue_run(reference, tmp_path / "b", {"train.refine": 1}, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    result = tprog("continue", str(tmp_path / "missing"), "--out", str(tmp_path / "c"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
