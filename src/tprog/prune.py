@@ -101,9 +101,9 @@ def prune(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str
         append_line(run.path / PRUNING, record)
         state.save(run.path, session.model)
     if not state.finished:
-        # The pruned model is where refinement (and a resumed run) starts; the optimiser starts
-        # afresh, its moments belong to the weights before pruning.
-        session.optimizer = new_optimizer(session.model, cfg.lr)
+        # The pruned model is where refinement (and a resumed run) starts, with training's
+        # optimiser state, as without pruning: fresh Adam moments would turn refinement's
+        # first small gradients into full-size steps (see tprog.refine).
         save_checkpoint(
             run.path / CHECKPOINT,
             epoch=cfg.epochs,
