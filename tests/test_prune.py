@@ -157,6 +157,8 @@ def test_continue_prunes_a_finished_run_as_training_with_pruning_would(
 def test_continue_refuses_what_would_change_the_trained_model(trained, reference, tmp_path):
     with pytest.raises(ConfigError, match=re.escape("'train.lr' would change the trained model")):
         continue_run(trained, tmp_path / "a", {"train.lr": 0.1}, progress=False)
+    with pytest.raises(ConfigError, match=re.escape("did you mean 'train.prune'?")):
+        continue_run(trained, tmp_path / "a", {"train.prun": True}, progress=False)
     with pytest.raises(RunDirError, match=re.escape("pruning.jsonl")):
         continue_run(reference, tmp_path / "b", {"train.refine": 1}, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -243,8 +243,8 @@ def post_training_keys() -> list[str]:
 
 def with_post_training(config: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
     """``config`` with ``overrides`` applied, which may only set `post_training_keys`."""
-    for key in overrides:
-        if key not in post_training_keys():
+    for key in overrides:  # an unknown key is refused by build_config, with a suggestion
+        if key in known_keys() and key not in post_training_keys():
             raise ConfigError(
                 f"config key {key!r} would change the trained model; only what comes after "
                 f"training may change here: {', '.join(post_training_keys())}."
