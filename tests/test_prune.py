@@ -73,6 +73,8 @@ def test_removed_modules_are_gone_from_the_program_and_val_stays_within_toleranc
     assert set(records[0]["order"]) - set(removed) >= produced
     assert results["agreement"] == {"unsimplified_ir": 1.0, "ir": 1.0, "code": 1.0}
     assert results["val_accuracy"] == pruning["val_accuracy"] >= pruning["trained_val_accuracy"]
+    header = " ".join((reference / "program.py").read_text().split('"""')[1].split())
+    assert f"Pruned after training (train.prune): {len(removed)} of 6 heads and MLPs" in header
 
 
 def test_a_removed_module_is_never_read_and_adds_nothing_to_the_logits(reference) -> None:

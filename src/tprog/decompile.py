@@ -186,11 +186,25 @@ def _header(
         f"Live: {live}; {lines['simplified']} code lines ({lines['unsimplified']} before "
         f"simplification), {lines['learned']} of them this program's own and the rest the "
         "runtime, the same in every tprog program.",
+        *_pruned_sentence(run),
         f"Simplified on {basis.description}: every output there is unchanged"
         + ("." if basis.whole_domain else "; elsewhere it may differ from the unsimplified one."),
         "Checked equal to the hard model on every train/val/test example.",
     ]
     return "\n".join(textwrap.fill(sentence, width=96) for sentence in sentences)
+
+
+def _pruned_sentence(run: Run) -> list[str]:
+    """A sentence on pruning, when the model was pruned: the program is that of a smaller model
+    than its architecture line says."""
+    pruning = pruning_summary(run.path)
+    if pruning is None:
+        return []
+    return [
+        f"Pruned after training (train.prune): {len(pruning['removed'])} of "
+        f"{len(pruning['attempts'])} heads and MLPs removed, val accuracy "
+        f"{pruning['trained_val_accuracy']:.4f} -> {pruning['val_accuracy']:.4f}."
+    ]
 
 
 def _raise_unless_faithful(
