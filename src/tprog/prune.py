@@ -29,7 +29,6 @@ starts.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,11 +48,12 @@ from tprog.model.sampling import Sampling
 from tprog.rundir import (
     MODEL,
     Run,
+    keep_log_records,
     load_state,
     load_torch_file,
+    read_log,
     save_model,
     save_torch_file,
-    write_atomic,
 )
 from tprog.train import (
     Session,
@@ -317,10 +317,7 @@ def removed_modules(run_dir: Path) -> list[str]:
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """The attempt records of a run directory, step 0 first (none without pruning)."""
-    path = Path(run_dir) / PRUNING
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return read_log(Path(run_dir) / PRUNING)
 
 
 def pruning_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -354,6 +351,4 @@ def _seed(*parts: int) -> int:
 
 def _keep_records_through(path: Path, step: int) -> None:
     """Drop the records of attempts after ``step``: a resumed run makes them again."""
-    kept = [record for record in read_records(path.parent) if record["step"] <= step]
-    if path.is_file():
-        write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    keep_log_records(path, lambda record: record["step"] <= step)

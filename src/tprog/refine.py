@@ -27,7 +27,6 @@ model at its start, so a resumed run repeats an interrupted round exactly.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +41,12 @@ from tprog.prune import keep_removed, removed_modules
 from tprog.rundir import (
     MODEL,
     Run,
+    keep_log_records,
     load_state,
     load_torch_file,
+    read_log,
     save_model,
     save_torch_file,
-    write_atomic,
 )
 from tprog.tasks.registry import Example
 from tprog.train import (
@@ -203,10 +203,7 @@ def check_domain(model: TransformerProgram, run: Run, dataset: Dataset, round_: 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """The round records of a run directory, oldest first (none without refinement)."""
-    path = Path(run_dir) / REFINEMENT
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return read_log(Path(run_dir) / REFINEMENT)
 
 
 def refinement_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -244,6 +241,4 @@ def _with_counterexamples(
 
 def _keep_records_before(path: Path, epoch: int) -> None:
     """Drop the records of measurements at or after ``epoch``: a resumed run makes them again."""
-    kept = [record for record in read_records(path.parent) if record["epoch"] < epoch]
-    if path.is_file():
-        write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    keep_log_records(path, lambda record: record["epoch"] < epoch)

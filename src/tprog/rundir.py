@@ -10,6 +10,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,21 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     finally:
         if tmp is not None and Path(tmp).exists():
             Path(tmp).unlink(missing_ok=True)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log, oldest first (none if it does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def keep_log_records(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite a JSON-lines log with only the records ``keep`` accepts (a resumed stage drops
+    the records it is about to make again)."""
+    if path.is_file():
+        kept = [record for record in read_log(path) if keep(record)]
+        write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
 def write_json(path: Path, data: Any) -> None:
