@@ -15,7 +15,13 @@ from tprog import rundir
 from tprog import train as training
 from tprog.checkpoint import CHECKPOINT
 from tprog.errors import RunDirError
-from tprog.pipeline import decompile_dir, evaluate_dir, run_tokens, train_and_decompile
+from tprog.pipeline import (
+    decompile_dir,
+    evaluate_dir,
+    resume_and_decompile,
+    run_tokens,
+    train_and_decompile,
+)
 from tprog.rundir import load_run, write_atomic
 from tprog.tasks import task_config
 from tprog.train import TrainingDiverged, train
@@ -146,3 +152,30 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path: Path, monkeypatc
         train(config, tmp_path / "run", progress=False)
     kept = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
     assert kept["epoch"] == 2
+
+
+def _rewrite_checkpoint_config(run: Path, edit) -> None:
+    blob = torch.load(run / CHECKPOINT, weights_only=True)
+    config = json.loads(blob["config"])
+    edit(config)
+    blob["config"] = json.dumps(config)
+    torch.save(blob, run / CHECKPOINT)
+
+
+def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(run_copy: Path) -> None:
+    def forget_pruning(config: dict) -> None:  # as tprog wrote configs before train.prune*
+        for key in [key for key in config["train"] if key.startswith("prune")]:
+            del config["train"][key]
+
+    _rewrite_checkpoint_config(run_copy, forget_pruning)
+    config = json.loads((run_copy / "config.json").read_text())
+    forget_pruning(config)
+    (run_copy / "config.json").write_text(json.dumps(config))
+    outcome = resume_and_decompile(run_copy, progress=False)
+    assert outcome.results["agreement"]["code"] == 1.0
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(run_copy: Path) -> None:
+    _rewrite_checkpoint_config(run_copy, lambda config: config["train"].update(lr=0.5))
+    with pytest.raises(RunDirError, match="written for another configuration"):
+        resume_and_decompile(run_copy, progress=False)

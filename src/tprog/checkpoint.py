@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
+from tprog.config import RunConfig
 from tprog.errors import RunDirError
 from tprog.rundir import load_state, load_torch_file, save_torch_file
 
@@ -40,6 +42,20 @@ def save_checkpoint(
     )
 
 
+def same_config(saved: object, current: str) -> bool:
+    """Whether a checkpoint's config JSON is the configuration ``current`` states. Compared as
+    configurations, not as text: a checkpoint written before a config key existed holds that
+    key's default, and must stay resumable."""
+    if saved == current:
+        return True
+    if not isinstance(saved, str):
+        return False
+    try:
+        return RunConfig.model_validate_json(saved) == RunConfig.model_validate_json(current)
+    except ValidationError:
+        return False
+
+
 def restore_checkpoint(
     path: Path,
     *,
@@ -54,7 +70,7 @@ def restore_checkpoint(
     refused with a sentence naming the file.
     """
     blob = load_torch_file(path, "epoch")
-    if blob.get("config") != config_json:
+    if not same_config(blob.get("config"), config_json):
         raise RunDirError(
             f"{path} was written for another configuration than {path.parent / 'config.json'}; "
             "start a new run instead of resuming this one."
