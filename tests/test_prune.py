@@ -163,6 +163,9 @@ def test_continue_refuses_what_would_change_the_trained_model(trained, reference
         continue_run(trained, tmp_path / "a", {"train.prun": True}, progress=False)
     with pytest.raises(RunDirError, match=re.escape("pruning.jsonl")):
         continue_run(reference, tmp_path / "b", {"train.refine": 1}, progress=False)
+    with pytest.raises(RunDirError, match="itself"):
+        continue_run(trained, trained, {"train.prune": True}, overwrite=True, progress=False)
+    assert (trained / "model.pt").is_file()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     result = tprog("continue", str(tmp_path / "missing"), "--out", str(tmp_path / "c"))
     assert result.returncode == 2 and "does not exist" in result.stderr

@@ -118,6 +118,8 @@ def continue_run(
     are copied, so the new run is the run that the new config would have made from scratch.
     """
     source, out = Path(source), Path(out)
+    if out.resolve() == source.resolve():
+        raise RunDirError(f"--out is {source} itself; continue into a new run directory.")
     config = load_config(source)
     require_program_run(config, source)
     new_config = with_post_training(config, overrides)
