@@ -249,7 +249,7 @@ def with_post_training(config: RunConfig, overrides: Mapping[str, Any]) -> RunCo
                 f"config key {key!r} would change the trained model; only what comes after "
                 f"training may change here: {', '.join(post_training_keys())}."
             )
-    tree = _flatten(json.loads(config.to_json()))
+    tree = _flatten(config.model_dump(mode="json"))
     del tree["task"]
     return build_config(config.task, [tree, overrides])
 

@@ -213,8 +213,8 @@ def _fine_tune(
     cfg = config.train
     device = next(model.parameters()).device
     data = Tensors.of(dataset.train, cfg.device)
-    steps = cfg.prune_epochs * math.ceil(len(data.ids) / cfg.batch_size)
-    taus = tau_schedule(cfg.prune_tau, cfg.tau_end, steps)
+    steps_per_epoch = math.ceil(len(data.ids) / cfg.batch_size)
+    taus = tau_schedule(cfg.prune_tau, cfg.tau_end, cfg.prune_epochs * steps_per_epoch)
     shuffle, noise = (
         torch.Generator(device=kind).manual_seed(_seed(config.seed, step, stream))
         for stream, kind in enumerate(("cpu", device.type))
@@ -231,7 +231,7 @@ def _fine_tune(
 
     for _ in range(cfg.prune_epochs):
         loss = optimise_epoch(model, optimizer, data, cfg.batch_size, shuffle, batch_loss)
-        steps_done += math.ceil(len(data.ids) / cfg.batch_size)
+        steps_done += steps_per_epoch
     model.eval()
     return loss
 
@@ -308,9 +308,6 @@ def keep_removed(
 
 def removed_modules(run_dir: Path) -> list[str]:
     """The modules a finished pruning removed (none without pruning)."""
-    path = Path(run_dir) / STATE
-    if not path.is_file():
-        return []
     state = _State.load(Path(run_dir))
     return state.removed if state is not None and state.finished else []
 
