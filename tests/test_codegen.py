@@ -66,6 +66,8 @@ def random_program(seed: int, tokens: tuple[str, ...] = PLAIN, labels=None) -> i
         if kind == "categorical":
             cat[module.name] = value_type
 
+    # Variables are named as older tprog named them (``attn_0_1_outputs``, now ``attn_0_1``):
+    # IR files written then must still generate working programs.
     for layer in range(int(rng.integers(1, 4))):
         cat_now, num_now = list(cat), list(num)  # heads read earlier layers only
         for h in range(int(rng.integers(0, 3))):
@@ -379,19 +381,17 @@ def _hand_program() -> ir.Program:
     vocab = ("<pad>", "a", "b", "c")
     variables = (
         *ir.INPUT_VARIABLES,
-        ir.Variable("attn_0_0_outputs", "categorical", "token"),
-        ir.Variable("num_attn_0_0_outputs", "numerical"),
-        ir.Variable("mlp_0_0_outputs", "categorical"),
-        ir.Variable("num_mlp_0_0_outputs", "categorical"),
+        ir.Variable("attn_0_0", "categorical", "token"),
+        ir.Variable("num_attn_0_0", "numerical"),
+        ir.Variable("mlp_0_0", "categorical"),
+        ir.Variable("num_mlp_0_0", "categorical"),
     )
     table = tuple(tuple(2 if (a, b) == (1, 3) else 1 for b in range(4)) for a in range(4))
     modules = (
-        ir.CatAttention("attn_0_0_outputs", "tokens", "tokens", "tokens", (0, 1, 1, 2)),
-        ir.NumAttention("num_attn_0_0_outputs", "tokens", "tokens", "ones", (3, 1, 0, 3)),
-        ir.CatMLP("mlp_0_0_outputs", ("tokens", "positions"), table),
-        ir.NumMLP(
-            "num_mlp_0_0_outputs", ("ones", "num_attn_0_0_outputs"), (1, 0), ((0, 0, 3, 0, 0),)
-        ),
+        ir.CatAttention("attn_0_0", "tokens", "tokens", "tokens", (0, 1, 1, 2)),
+        ir.NumAttention("num_attn_0_0", "tokens", "tokens", "ones", (3, 1, 0, 3)),
+        ir.CatMLP("mlp_0_0", ("tokens", "positions"), table),
+        ir.NumMLP("num_mlp_0_0", ("ones", "num_attn_0_0"), (1, 0), ((0, 0, 3, 0, 0),)),
     )
     names = [v.name for v in variables]
     clf = ir.Classifier(
@@ -399,7 +399,7 @@ def _hand_program() -> ir.Program:
         masked=(False, False),
         terms=tuple(names),
         categorical={v.name: ((0.0, 0.0),) * 4 for v in variables if v.kind == "categorical"},
-        numerical={"ones": (0.0, 0.0), "num_attn_0_0_outputs": (0.0, 1.0)},
+        numerical={"ones": (0.0, 0.0), "num_attn_0_0": (0.0, 1.0)},
     )
     return ir.Program("hand", vocab, 4, 4, False, variables, modules, clf)
 
@@ -417,14 +417,14 @@ def test_generated_source_reads_like_a_program(tmp_path: Path) -> None:
         "    if q_token == 'b':\n        return False\n"
         "    else:\n        return k_token == q_token\n"
     ) in source
-    assert "MLP_0_0 = {('a', 3): 2}" in source
-    assert "return MLP_0_0.get((token, position), 1)" in source
-    assert "NUM_MLP_0_0 = {(1, 2): 3}" in source
-    assert "return NUM_MLP_0_0.get((one, num_attn_0_0_output), 0)" in source
+    assert "TABLE_0_0 = {('a', 3): 2}" in source
+    assert "return TABLE_0_0.get((token, position), 1)" in source
+    assert "NUM_TABLE_0_0 = {(1, 2): 3}" in source
+    assert "return NUM_TABLE_0_0.get((one, num_attn_0_0), 0)" in source
     assert "= aggregate(select_closest(tokens, tokens, predicate_0_0), tokens)\n" in source
     assert "= aggregate_sum(select(tokens, tokens, num_predicate_0_0), ones)\n" in source
-    assert "    mlp_0_0_outputs = apply(mlp_0_0, tokens, positions)\n" in source
-    assert "(num_mlp_0_0, ones, num_attn_0_0_outputs)\n" in source
+    assert "    mlp_0_0 = apply(table_0_0, tokens, positions)\n" in source
+    assert "(num_table_0_0, ones, num_attn_0_0)\n" in source
     _, module = generate(program, tmp_path)
     inputs = [["a", "b", "c"], ["c", "c", "b", "a"], ["b"], ["a", "a", "c"]]
     for tokens in inputs:
@@ -435,8 +435,8 @@ def test_generated_source_reads_like_a_program(tmp_path: Path) -> None:
     assert module.run_batch(inputs * 3) == run_program(program, inputs * 3)
     # program() gives every variable, for one input (lists) or a batch (arrays [inputs, n])
     variables = module.program(["c", "a", "b"], [0, 1, 2], [1, 1, 1])
-    assert variables["attn_0_0_outputs"] == ["b", "a", "a"]  # c wants b; a and b want a
-    assert variables["num_attn_0_0_outputs"] == [1, 1, 0]  # c counts c, a counts a, b none
+    assert variables["attn_0_0"] == ["b", "a", "a"]  # c wants b; a and b want a
+    assert variables["num_attn_0_0"] == [1, 1, 0]  # c counts c, a counts a, b none
 
 
 def test_invalid_programs_are_rejected() -> None:
@@ -508,7 +508,7 @@ def test_predicates_wanting_several_keys_print_as_a_lookup(tmp_path: Path) -> No
     source, _ = program_to_python(program)
     assert (
         "def predicate_0_0(q_position, k_position):\n"
-        '    """The predicate of attn_0_0_outputs."""\n'
+        '    """The predicate of attn_0_0."""\n'
         "    return k_position == {1: 4, 2: 3, 3: 2, 4: 1, 5: 0}.get(q_position, 5)\n"
     ) in source
     _, module = generate(program, tmp_path)
@@ -526,20 +526,20 @@ def _positional_mlp_program(table: tuple[tuple[int, ...], ...]) -> ir.Program:
     vocab = ("<pad>", "<s>", "a", "b", "1", "2")
     program = induction_program(vocab, ("<pad>", "1", "2", "<unk>"), k)
     head = dataclasses.replace(program.modules[0], value="positions")
-    mlp = ir.CatMLP("mlp_0_0_outputs", ("positions", "attn_0_0_outputs"), table)
+    mlp = ir.CatMLP("mlp_0_0", ("positions", "attn_0_0"), table)
     weights = tuple(tuple(float(i == j % 3) for j in range(3)) for i in range(k))
     classifier = dataclasses.replace(
         program.classifier,
         labels=program.classifier.labels[1:],
         masked=program.classifier.masked[1:],
-        terms=("mlp_0_0_outputs",),
-        categorical={"mlp_0_0_outputs": weights},
+        terms=("mlp_0_0",),
+        categorical={"mlp_0_0": weights},
         numerical={},
     )
     variables = (
         *ir.INPUT_VARIABLES,
-        ir.Variable("attn_0_0_outputs", "categorical", "int"),
-        ir.Variable("mlp_0_0_outputs", "categorical", "int"),
+        ir.Variable("attn_0_0", "categorical", "int"),
+        ir.Variable("mlp_0_0", "categorical", "int"),
     )
     return dataclasses.replace(
         program, variables=variables, modules=(head, mlp), classifier=classifier
@@ -549,19 +549,19 @@ def _positional_mlp_program(table: tuple[tuple[int, ...], ...]) -> ir.Program:
 @pytest.mark.parametrize(
     ("formula", "function"),
     [
-        ("min(position, attn_0_0_output)", min),
-        ("max(position, attn_0_0_output)", max),
-        ("int(position == attn_0_0_output)", lambda a, b: int(a == b)),
-        ("int(position < attn_0_0_output)", lambda a, b: int(a < b)),
-        ("int(position > attn_0_0_output)", lambda a, b: int(a > b)),
-        ("attn_0_0_output", lambda a, b: b),
+        ("min(position, attn_0_0)", min),
+        ("max(position, attn_0_0)", max),
+        ("int(position == attn_0_0)", lambda a, b: int(a == b)),
+        ("int(position < attn_0_0)", lambda a, b: int(a < b)),
+        ("int(position > attn_0_0)", lambda a, b: int(a > b)),
+        ("attn_0_0", lambda a, b: b),
     ],
 )
 def test_mlp_tables_that_are_a_formula_print_as_it(formula, function, tmp_path: Path) -> None:
     table = tuple(tuple(function(a, b) for b in range(6)) for a in range(6))
     program = _positional_mlp_program(table)
     source, _ = program_to_python(program)
-    assert f'    """The table of mlp_0_0_outputs."""\n    return {formula}\n' in source
+    assert f'    """The table of mlp_0_0."""\n    return {formula}\n' in source
     _, module = generate(program, tmp_path)
     inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"], ["<s>"]]
     assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
@@ -572,8 +572,8 @@ def test_a_table_off_its_formula_in_one_entry_stays_a_table() -> None:
     table = [[min(a, b) for b in range(6)] for a in range(6)]
     table[2][4] = 5
     source, _ = program_to_python(_positional_mlp_program(tuple(map(tuple, table))))
-    assert "return MLP_0_0.get((position, attn_0_0_output), " in source
-    assert "min(" not in source.split("def mlp_0_0")[1].split("\n\n")[0]
+    assert "return TABLE_0_0.get((position, attn_0_0), " in source
+    assert "min(" not in source.split("def table_0_0")[1].split("\n\n")[0]
 
 
 @pytest.mark.parametrize(
@@ -620,10 +620,10 @@ def test_the_induction_circuit_reads_as_the_paper_states_it() -> None:
     vocab = ("<pad>", "<s>", "a", "b", "1", "2")
     source, _ = program_to_python(induction_program(vocab, ("<pad>", "1", "2", "<unk>"), 6))
     assert (
-        "def predicate_1_0(q_token, k_attn_0_0_output):\n"
-        '    """The predicate of attn_1_0_outputs."""\n'
+        "def predicate_1_0(q_token, k_attn_0_0):\n"
+        '    """The predicate of attn_1_0."""\n'
         "    if q_token in {'a', 'b'}:\n"
-        "        return k_attn_0_0_output == q_token\n"
+        "        return k_attn_0_0 == q_token\n"
         "    else:\n"
         "        return False\n"
     ) in source

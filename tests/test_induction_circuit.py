@@ -22,7 +22,7 @@ def induction_program(vocab: tuple[str, ...], labels: tuple[str, ...], k: int) -
         tuple(float(label == (vocab[i] if vocab[i] in labels else "<unk>")) for label in labels)
         for i in range(k)
     )
-    variables = ("tokens", "positions", "ones", "attn_0_0_outputs", "attn_1_0_outputs")
+    variables = ("tokens", "positions", "ones", "attn_0_0", "attn_1_0")
     return ir.Program(
         task="induction",
         vocab=vocab,
@@ -31,14 +31,12 @@ def induction_program(vocab: tuple[str, ...], labels: tuple[str, ...], k: int) -
         causal=True,
         variables=(
             *ir.INPUT_VARIABLES,
-            ir.Variable("attn_0_0_outputs", "categorical", "token"),
-            ir.Variable("attn_1_0_outputs", "categorical", "token"),
+            ir.Variable("attn_0_0", "categorical", "token"),
+            ir.Variable("attn_1_0", "categorical", "token"),
         ),
         modules=(
-            ir.CatAttention("attn_0_0_outputs", "positions", "positions", "tokens", previous),
-            ir.CatAttention(
-                "attn_1_0_outputs", "tokens", "attn_0_0_outputs", "tokens", same_letter
-            ),
+            ir.CatAttention("attn_0_0", "positions", "positions", "tokens", previous),
+            ir.CatAttention("attn_1_0", "tokens", "attn_0_0", "tokens", same_letter),
         ),
         classifier=ir.Classifier(
             labels=labels,
@@ -47,8 +45,8 @@ def induction_program(vocab: tuple[str, ...], labels: tuple[str, ...], k: int) -
             categorical={
                 "tokens": silent,
                 "positions": silent,
-                "attn_0_0_outputs": silent,
-                "attn_1_0_outputs": copied,
+                "attn_0_0": silent,
+                "attn_1_0": copied,
             },
             numerical={"ones": tuple(0.0 for _ in labels)},
         ),

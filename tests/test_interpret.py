@@ -223,7 +223,7 @@ def test_products_are_the_same_bits_either_way(low: int) -> None:
 def test_numerical_mlp_outside_its_table_is_a_bounds_bug() -> None:
     rng = np.random.default_rng(3)
     program = random_program(rng, 4, causal=False)
-    mlp = ir.NumMLP("num_mlp_9_0_outputs", ("ones", "ones"), (2, 0), ((1,),))
+    mlp = ir.NumMLP("num_mlp_9_0", ("ones", "ones"), (2, 0), ((1,),))
     broken = ir.Program(
         program.task, program.vocab, program.n_ctx, program.d_var, program.causal,
         (*program.variables, ir.Variable(mlp.name, "categorical")), (*program.modules, mlp),

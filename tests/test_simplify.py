@@ -46,7 +46,7 @@ def _induction():
 
 def _with_silent_head(program: ir.Program) -> ir.Program:
     """``program`` plus a head no module reads and whose classifier rows are all zero."""
-    name = "attn_1_1_outputs"
+    name = "attn_1_1"
     head = ir.CatAttention(name, "positions", "positions", "tokens", tuple(range(program.d_var)))
     clf = program.classifier
     silent = tuple(tuple(0.0 for _ in clf.labels) for _ in range(program.d_var))
@@ -63,18 +63,18 @@ def _with_silent_head(program: ir.Program) -> ir.Program:
 def test_dead_head_and_silent_input_terms_are_removed() -> None:
     program, basis, _ = _induction()
     simplified = remove_dead_modules(_with_silent_head(program), basis)
-    assert [m.name for m in simplified.modules] == ["attn_0_0_outputs", "attn_1_0_outputs"]
+    assert [m.name for m in simplified.modules] == ["attn_0_0", "attn_1_0"]
     # Inputs stay variables; their all-zero terms go. attn_0_0 is read by attn_1_0: it stays,
     # though its own term is silent and goes.
     assert "tokens" in {v.name for v in simplified.variables}
-    assert simplified.classifier.terms == ("attn_1_0_outputs",)
+    assert simplified.classifier.terms == ("attn_1_0",)
     assert _same_outputs(simplified, program, basis)
 
 
 def test_a_head_that_changes_predictions_stays() -> None:
     program, basis, _ = _induction()
     simplified = remove_dead_modules(program, basis)
-    assert "attn_1_0_outputs" in simplified.classifier.terms
+    assert "attn_1_0" in simplified.classifier.terms
     assert len(simplified.modules) == 2
 
 
@@ -120,11 +120,11 @@ def _counting_program(table_width: int) -> ir.Program:
     """Counts 'a' tokens and feeds the count (twice) to a numerical MLP with a wide table."""
     vocab, labels, k = ("<pad>", "<s>", "a", "b"), ("<pad>", "x", "y"), 4
     a = vocab.index("a")
-    count = ir.NumAttention("num_attn_0_0_outputs", "tokens", "tokens", "ones", (a,) * k)
+    count = ir.NumAttention("num_attn_0_0", "tokens", "tokens", "ones", (a,) * k)
     # output 1 when the count is even, else 2; the table spans 0..table_width-1 for both inputs
     table = tuple(tuple(1 + (x % 2) for _ in range(table_width)) for x in range(table_width))
-    mlp = ir.NumMLP("num_mlp_0_0_outputs", ("num_attn_0_0_outputs",) * 2, (0, 0), table)
-    names = ("tokens", "positions", "ones", "num_attn_0_0_outputs", "num_mlp_0_0_outputs")
+    mlp = ir.NumMLP("num_mlp_0_0", ("num_attn_0_0",) * 2, (0, 0), table)
+    names = ("tokens", "positions", "ones", "num_attn_0_0", "num_mlp_0_0")
     zero_rows = tuple(tuple(0.0 for _ in labels) for _ in range(k))
     mlp_rows = tuple(tuple(float(c == v) for c in range(len(labels))) for v in range(k))
     return ir.Program(
@@ -135,8 +135,8 @@ def _counting_program(table_width: int) -> ir.Program:
         causal=False,
         variables=(
             *ir.INPUT_VARIABLES,
-            ir.Variable("num_attn_0_0_outputs", "numerical"),
-            ir.Variable("num_mlp_0_0_outputs", "categorical"),
+            ir.Variable("num_attn_0_0", "numerical"),
+            ir.Variable("num_mlp_0_0", "categorical"),
         ),
         modules=(count, mlp),
         classifier=ir.Classifier(
@@ -146,9 +146,9 @@ def _counting_program(table_width: int) -> ir.Program:
             categorical={
                 "tokens": zero_rows,
                 "positions": zero_rows,
-                "num_mlp_0_0_outputs": mlp_rows,
+                "num_mlp_0_0": mlp_rows,
             },
-            numerical={"ones": (0.0, 0.0, 0.0), "num_attn_0_0_outputs": (0.0, 0.0, 0.0)},
+            numerical={"ones": (0.0, 0.0, 0.0), "num_attn_0_0": (0.0, 0.0, 0.0)},
         ),
     )
 
@@ -163,7 +163,7 @@ def test_numerical_table_entries_that_never_occur_take_the_default() -> None:
     # (1, 1) -> 2 and (2, 2) -> 1 occur (1 wins the tie for default); nothing else does
     exceptions = {(a, b) for a, row in enumerate(table) for b, out in enumerate(row) if out != 1}
     assert exceptions == {(1, 1)} and table[1][1] == 2
-    assert simplified.variable("num_attn_0_0_outputs").values == (1, 2)
+    assert simplified.variable("num_attn_0_0").values == (1, 2)
     assert _same_outputs(simplified, program, basis)
 
 

@@ -150,16 +150,14 @@ def copy_program(wrong: dict[str, str] | None = None) -> ir.Program:
         causal=False,
         variables=(
             *ir.INPUT_VARIABLES,
-            ir.Variable("attn_0_0_outputs", "categorical", "token"),
+            ir.Variable("attn_0_0", "categorical", "token"),
         ),
-        modules=(
-            ir.CatAttention("attn_0_0_outputs", "positions", "positions", "tokens", (0, 1, 2, 3)),
-        ),
+        modules=(ir.CatAttention("attn_0_0", "positions", "positions", "tokens", (0, 1, 2, 3)),),
         classifier=ir.Classifier(
             labels=LABELS,
             masked=(True, False, False),
-            terms=("tokens", "positions", "ones", "attn_0_0_outputs"),
-            categorical={"tokens": silent, "positions": silent, "attn_0_0_outputs": copied},
+            terms=("tokens", "positions", "ones", "attn_0_0"),
+            categorical={"tokens": silent, "positions": silent, "attn_0_0": copied},
             numerical={"ones": (0.0, 0.0, 0.0)},
         ),
     )

@@ -115,11 +115,15 @@ class _Gen:
 
 
 def _function_name(module: ir.Module) -> str:
+    """``attn_0_1`` calls ``predicate_0_1``, ``num_mlp_1_0`` calls ``num_table_1_0``: named
+    apart from the variable, which program() assigns. Older IR files name variables
+    ``attn_0_1_outputs``, and get the same function names."""
     stem = module.name.removesuffix("_outputs")
     if isinstance(module, ir.CatAttention | ir.NumAttention):
         match = re.fullmatch(r"(num_)?attn_(.+)", stem)
         return f"{match[1] or ''}predicate_{match[2]}" if match else f"predicate_{stem}"
-    return stem if stem != module.name else f"compute_{stem}"
+    match = re.fullmatch(r"(num_)?mlp_(.+)", stem)
+    return f"{match[1] or ''}table_{match[2]}" if match else f"table_{stem}"
 
 
 def _singular(name: str) -> str:
@@ -319,7 +323,7 @@ def _statement(module: ir.Module, fn: str) -> str:
 
 
 def _layer(name: str) -> str | None:
-    match = re.search(r"_(\d+)_\d+_outputs$", name)
+    match = re.search(r"_(\d+)_\d+(_outputs)?$", name)
     return match[1] if match else None
 
 
@@ -370,7 +374,9 @@ def _summary(program: ir.Program, weights_file: str, header: str) -> str:
     )
 
 
-def _weights_json(gen: _Gen) -> tuple[str, list[str]]:
+def _weights_json(gen: _Gen) -> str:
+    """The classifier's data: its weights, the order it adds them in (``terms``: float
+    addition is not associative) and which categorical variables hold tokens."""
     clf, categorical, numerical = gen.p.classifier, {}, {}
     for name in clf.terms:
         if name in clf.categorical:
@@ -386,9 +392,11 @@ def _weights_json(gen: _Gen) -> tuple[str, list[str]]:
         "masked": [bool(m) for m in clf.masked],
         "categorical": categorical,
         "numerical": numerical,
+        "terms": list(clf.terms),
+        "token_valued": [name for name in categorical if gen.token_valued(name)],
     }
     try:  # NaN and infinities would make Python's argmax differ from numpy's
-        return json.dumps(data, sort_keys=True, allow_nan=False) + "\n", list(categorical)
+        return json.dumps(data, sort_keys=True, allow_nan=False) + "\n"
     except ValueError:
         raise ValueError("the classifier's weights must be finite numbers.") from None
 
@@ -401,14 +409,12 @@ def program_to_python(
     if weights_file in {"", ".", ".."} or Path(weights_file).name != weights_file:
         raise ValueError(f"weights_file must be a plain file name, not {weights_file!r}.")
     gen = _Gen(program)
-    weights, categorical = _weights_json(gen)
+    weights = _weights_json(gen)
     functions = []
     for module, fn in zip(program.modules, gen.functions, strict=True):
         is_attention = isinstance(module, ir.CatAttention | ir.NumAttention)
         source = _predicate_source if is_attention else _mlp_source
         functions.append(source(gen, module, fn) + "\n\n\n")
-    terms = [repr(t) for t in program.classifier.terms]
-    token_valued = [repr(name) for name in categorical if gen.token_valued(name)]
     slots = {
         "DOC": _docstring(_summary(program, weights_file, header)),
         "WEIGHTS": repr(weights_file),
@@ -416,10 +422,6 @@ def program_to_python(
         "D_VAR": repr(int(program.d_var)),
         "CAUSAL": repr(bool(program.causal)),
         "FUNCTIONS": "".join(functions),
-        "TERMS": _wrap("TERMS = (", terms, ",)" if len(terms) == 1 else ")"),
-        "TOKEN_VALUED": _wrap("TOKEN_VALUED = frozenset({", token_valued, "})")
-        if token_valued
-        else "TOKEN_VALUED = frozenset()",
         "PROGRAM": _program_source(gen),
     }
     return re.sub(r"@([A-Z_]+)@", lambda m: slots[m[1]], _TEMPLATE), weights

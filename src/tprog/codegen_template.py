@@ -17,6 +17,9 @@ VOCAB = tuple(_DATA["vocab"])
 LABELS = tuple(_DATA["labels"])
 MASKED = tuple(_DATA["masked"])
 UNK = _DATA["unk"]
+# The classifier adds its variables' weights in this order; TOKEN_VALUED hold tokens.
+TERMS = tuple(_DATA["terms"])
+TOKEN_VALUED = frozenset(_DATA["token_valued"])
 N_CTX = @N_CTX@
 D_VAR = @D_VAR@
 CAUSAL = @CAUSAL@
@@ -32,9 +35,8 @@ INTEGERS = range(max(D_VAR, N_CTX))
 @PROGRAM@
 
 
-@FUNCTIONS@# The classifier: accumulation order, and which categorical variables hold tokens.
-@TERMS@
-@TOKEN_VALUED@
+@FUNCTIONS@# The classifier (classify, in the runtime) adds up one weight row per variable, the
+# row of its value. The rows, and the order they are added in, are in the weights file.
 
 
 # --- The runtime: the same in every tprog program ------------------------------------------------

@@ -36,17 +36,17 @@ class Layout:
     n_mlps_cat: int
     n_mlps_num: int
 
-    # Names are the contract with programs: ``attn_1_2_outputs`` is categorical head 2 of
-    # layer 1, and stays traceable to it through every later pass.
+    # Names are the contract with programs: ``attn_1_2`` is the output of categorical head 2
+    # of layer 1, and stays traceable to it through every later pass.
     @staticmethod
     def head_name(layer: int, head: int, kind: Kind) -> str:
         prefix = "attn" if kind == "categorical" else "num_attn"
-        return f"{prefix}_{layer}_{head}_outputs"
+        return f"{prefix}_{layer}_{head}"
 
     @staticmethod
     def mlp_name(layer: int, mlp: int, kind: Kind) -> str:
         prefix = "mlp" if kind == "categorical" else "num_mlp"
-        return f"{prefix}_{layer}_{mlp}_outputs"
+        return f"{prefix}_{layer}_{mlp}"
 
     @property
     def cat_per_layer(self) -> int:
