@@ -8,7 +8,8 @@ Learned by tprog 0.1.0 (seed 0; config in config.json).
 Hard-model token accuracy: train 0.6497, val 0.6515, test 0.6495.
 On every input of the task's domain (133,760 inputs): token accuracy 0.7246, whole-sequence
 accuracy 0.1981.
-Live: 2 of 2 categorical heads; 234 code lines (238 before simplification).
+Live: 2 of 2 categorical heads; 216 code lines (216 before simplification), 8 of them this
+program's own and the rest the runtime, the same in every tprog program.
 Simplified on the task's whole input domain (133,760 inputs): every output there is unchanged.
 Checked equal to the hard model on every train/val/test example.
 
@@ -29,12 +30,50 @@ VOCAB = tuple(_DATA["vocab"])
 LABELS = tuple(_DATA["labels"])
 MASKED = tuple(_DATA["masked"])
 UNK = _DATA["unk"]
+# The classifier adds its variables' weights in this order; TOKEN_VALUED hold tokens.
+TERMS = tuple(_DATA["terms"])
+TOKEN_VALUED = frozenset(_DATA["token_valued"])
 N_CTX = 10
 D_VAR = 10
 CAUSAL = True
 _INDEX = {token: i for i, token in enumerate(VOCAB)}
 # A categorical variable holds tokens (strings) or, if not, one of these integers.
 INTEGERS = range(max(D_VAR, N_CTX))
+
+# What was learned comes first: program(), the program itself, then the predicates and
+# MLP tables it calls. The helpers it uses, and run/run_batch, follow them: the runtime,
+# the same in every tprog program.
+
+
+def program(tokens, positions, ones):
+    """Every variable of the program, by name: lists for one input (run), or numpy
+    arrays [inputs, length] for a batch of inputs of one length (run_batch)."""
+
+    # layer 0
+    attn_0_0 = aggregate(select_closest(positions, positions, predicate_0_0), tokens)
+
+    # layer 1
+    attn_1_0 = aggregate(select_closest(positions, positions, predicate_1_0), tokens)
+
+    return locals()
+
+
+def predicate_0_0(q_position, k_position):
+    """The predicate of attn_0_0."""
+    return k_position == {2: 2, 7: 2, 8: 5}.get(q_position, q_position - 1)
+
+
+def predicate_1_0(q_position, k_position):
+    """The predicate of attn_1_0."""
+    return k_position == {3: 2, 4: 3, 8: 3, 9: 4}.get(q_position, q_position - 3)
+
+
+# The classifier (classify, in the runtime) adds up one weight row per variable, the
+# row of its value. The rows, and the order they are added in, are in the weights file.
+
+
+# --- The runtime: the same in every tprog program ------------------------------------------------
+
 # Results the helpers compute once and keep (they depend on nothing but their key).
 _ORDERS = {}  # n -> preference_order(n)
 _MATCHES = {}  # (predicate, queries are tokens, keys are tokens) -> match_table(...)
@@ -122,31 +161,6 @@ def apply(function, xs, ys):
     return [function(x, y) for x, y in zip(xs, ys, strict=True)]
 
 
-def predicate_0_0(q_position, k_position):
-    """The predicate of attn_0_0_outputs."""
-    if q_position in {2, 7}:
-        return k_position == 2
-    elif q_position == 8:
-        return k_position == 5
-    else:
-        return k_position == q_position - 1
-
-
-def predicate_1_0(q_position, k_position):
-    """The predicate of attn_1_0_outputs."""
-    if q_position == 3:
-        return k_position == 2
-    elif q_position in {4, 8}:
-        return k_position == 3
-    elif q_position == 9:
-        return k_position == 4
-    else:
-        return k_position == q_position - 3
-
-
-# The classifier: accumulation order, and which categorical variables hold tokens.
-TERMS = ('tokens', 'positions', 'ones', 'attn_0_0_outputs', 'attn_1_0_outputs')
-TOKEN_VALUED = frozenset({'tokens', 'attn_0_0_outputs', 'attn_1_0_outputs'})
 _CATEGORICAL = _DATA["categorical"]
 _NUMERICAL = _DATA["numerical"]
 # Per classifier variable, value -> the weights (one per label) it adds to the logits; a
@@ -245,25 +259,6 @@ def run_batch(inputs):
             for number, row in zip(chunk, labels, strict=True):
                 outputs[number] = row
     return outputs
-
-
-def program(tokens, positions, ones):
-    """Every variable of the program, from the inputs: lists for one input (run), or
-    numpy arrays [inputs, length] for a batch of inputs of one length (run_batch)."""
-
-    # layer 0
-    attn_0_0_outputs = aggregate(select_closest(positions, positions, predicate_0_0), tokens)
-
-    # layer 1
-    attn_1_0_outputs = aggregate(select_closest(positions, positions, predicate_1_0), tokens)
-
-    return {
-        'tokens': tokens,
-        'positions': positions,
-        'ones': ones,
-        'attn_0_0_outputs': attn_0_0_outputs,
-        'attn_1_0_outputs': attn_1_0_outputs,
-    }
 
 
 # The helpers on numpy arrays [inputs, length] (run_batch). Predicates and MLP functions are
