@@ -1,6 +1,7 @@
 """The `tprog` command end to end on tiny configs, and its answers to bad input."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,27 @@ def test_decompile_is_deterministic(run_dir: Path) -> None:
         (run_dir / "program.py").read_bytes(),
         (run_dir / "program.json").read_bytes(),
     ) == before
+
+
+def test_program_names_each_variable_after_its_module(run_dir: Path) -> None:
+    """``num_attn_0_1`` is numerical head 1 of layer 0 and calls ``num_predicate_0_1``;
+    ``mlp_0_0`` calls ``table_0_0``; the classifier's data stays in the weights file."""
+    program = json.loads((run_dir / "program.json").read_text())
+    modules = program["modules"]
+    source = (run_dir / "program.py").read_text()
+    assert modules
+    for module in modules:
+        kind, layer, number = re.fullmatch(
+            r"((?:num_)?(?:attn|mlp))_(0)_(\d)", module["name"]
+        ).groups()
+        function = kind.replace("attn", "predicate").replace("mlp", "table")
+        assert f"    {module['name']} = " in source
+        assert f"def {function}_{layer}_{number}(" in source
+    weights = json.loads((run_dir / "program_weights.json").read_text())
+    order = [variable["name"] for variable in program["variables"]]  # creation order
+    assert weights["terms"] == [name for name in order if name in weights["terms"]]
+    assert weights["terms"] == list(program["classifier"]["terms"])
+    assert "TERMS = (" not in source
 
 
 def test_run_agrees_between_run_dir_and_program_file(run_dir: Path, tmp_path: Path) -> None:
