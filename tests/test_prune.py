@@ -4,6 +4,7 @@ prunes a finished run without touching it."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,15 @@ from tprog.pipeline import (
     resume_and_decompile,
     train_and_decompile,
 )
-from tprog.prune import PRUNING, STATE, hold_removed, module_names, read_records
-from tprog.rundir import load_run
+from tprog.prune import (
+    PRUNING,
+    STATE,
+    hold_removed,
+    module_names,
+    read_records,
+    removed_modules,
+)
+from tprog.rundir import load_run, load_torch_file, save_torch_file
 from tprog.tasks import task_config
 
 # hist on inputs of at most 4 symbols, 1 layer of 6 modules trained briefly: some modules go
@@ -106,6 +114,23 @@ def test_refinement_after_pruning_keeps_the_modules_removed(tmp_path) -> None:
     assert results["refinement"]["rounds"][0]["n_added"] > 0, "nothing was refined"
     produced = {module.name for module in load_program(out).modules}
     assert produced.isdisjoint(results["pruning"]["removed"])
+
+
+def test_a_pruning_state_written_before_the_renaming_still_resumes(reference, tmp_path):
+    """Variables were once named ``attn_0_1_outputs``: a pruning state holding such names
+    still names the model's modules, and a name the model lacks is refused rather than held
+    as nothing (which would quietly bring the module back)."""
+    run = tmp_path / "old"
+    shutil.copytree(reference, run)
+    blob = load_torch_file(run / STATE, "state_dict")
+    removed = list(blob["removed"])
+    assert removed, "the tiny run should remove some modules"
+    blob["order"] = [f"{name}_outputs" for name in blob["order"]]
+    blob["removed"] = [f"{name}_outputs" for name in removed]
+    save_torch_file(run / STATE, blob)
+    assert removed_modules(run) == removed
+    with pytest.raises(ValueError, match="no head or MLP named attn_9_9"):
+        hold_removed(load_run(run).load_model(), ["attn_9_9"])
 
 
 @pytest.mark.slow

@@ -158,9 +158,9 @@ class _State:
         blob = load_torch_file(path, "state_dict")
         try:
             return cls(
-                list(blob["order"]),
+                [_current_name(name) for name in blob["order"]],
                 int(blob["step"]),
-                list(blob["removed"]),
+                [_current_name(name) for name in blob["removed"]],
                 float(blob["reference"]),
                 blob["state_dict"],
                 bool(blob["finished"]),
@@ -241,11 +241,20 @@ def module_names(model: TransformerProgram) -> list[str]:
     return [var.name for var in model.shape.layout.in_creation_order() if var.layer >= 0]
 
 
+def _current_name(name: str) -> str:
+    """A module's variable name as the layout writes it now: pruning states written before
+    variables lost their ``_outputs`` suffix (``attn_0_1_outputs``) still resume."""
+    return name.removesuffix("_outputs")
+
+
 def _removal_masks(
     model: TransformerProgram, removed: list[str]
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
     """(parameter, entries to hold, value to hold them at) for every parameter that a removed
     module's variable touches: each read that could pick it, and its classifier weights."""
+    unknown = sorted(set(removed) - set(module_names(model)))
+    if unknown:  # holding nothing would quietly bring the module back
+        raise ValueError(f"the model has no head or MLP named {', '.join(unknown)}.")
     layout = model.shape.layout
     stacks = {
         "categorical": {var.name: var.index for var in layout.categorical()},
