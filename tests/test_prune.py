@@ -128,9 +128,14 @@ def test_a_pruning_state_written_before_the_renaming_still_resumes(reference, tm
     blob["order"] = [f"{name}_outputs" for name in blob["order"]]
     blob["removed"] = [f"{name}_outputs" for name in removed]
     save_torch_file(run / STATE, blob)
-    assert removed_modules(run) == removed
+    model = load_run(run).load_model()
+    assert removed_modules(run, model) == removed
     with pytest.raises(ValueError, match="no head or MLP named attn_9_9"):
-        hold_removed(load_run(run).load_model(), ["attn_9_9"])
+        hold_removed(model, ["attn_9_9"])
+    blob["removed"] = ["attn_9_9"]
+    save_torch_file(run / STATE, blob)
+    with pytest.raises(RunDirError, match="does not have: attn_9_9"):
+        removed_modules(run, model)
 
 
 @pytest.mark.slow

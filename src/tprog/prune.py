@@ -80,7 +80,7 @@ def prune(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str
     if not cfg.prune:
         return []
     session, _ = Session.start(run, dataset, progress=progress, resume=True)
-    state = _State.load(run.path)
+    state = _State.load(run.path, session.model)
     if state is None:  # step 0: measure the trained model and fix the order of attempts
         _keep_records_through(run.path / PRUNING, -1)
         state, record = _State.first(session.model, dataset)
@@ -151,13 +151,15 @@ class _State:
         return state, record
 
     @classmethod
-    def load(cls, run_dir: Path) -> _State | None:
+    def load(cls, run_dir: Path, model: TransformerProgram) -> _State | None:
+        """The state saved in ``run_dir`` (None if pruning has not started), checked to name
+        only heads and MLPs that ``model`` has."""
         path = run_dir / STATE
         if not path.is_file():
             return None
         blob = load_torch_file(path, "state_dict")
         try:
-            return cls(
+            state = cls(
                 [_current_name(name) for name in blob["order"]],
                 int(blob["step"]),
                 [_current_name(name) for name in blob["removed"]],
@@ -165,8 +167,14 @@ class _State:
                 blob["state_dict"],
                 bool(blob["finished"]),
             )
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             raise RunDirError(f"{path} is corrupt (its pruning state is unusable).") from None
+        unknown = sorted(set(state.order + state.removed) - set(module_names(model)))
+        if unknown:
+            raise RunDirError(
+                f"{path} names heads or MLPs this run's model does not have: {', '.join(unknown)}."
+            )
+        return state
 
     def save(self, run_dir: Path, model: TransformerProgram) -> None:
         save_torch_file(
@@ -315,9 +323,9 @@ def keep_removed(
     optimizer.register_step_post_hook(hold)
 
 
-def removed_modules(run_dir: Path) -> list[str]:
-    """The modules a finished pruning removed (none without pruning)."""
-    state = _State.load(Path(run_dir))
+def removed_modules(run_dir: Path, model: TransformerProgram) -> list[str]:
+    """The modules of ``model`` that a finished pruning removed (none without pruning)."""
+    state = _State.load(Path(run_dir), model)
     return state.removed if state is not None and state.finished else []
 
 

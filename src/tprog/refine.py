@@ -86,7 +86,7 @@ def refine(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[st
     session, done = Session.start(run, dataset, progress=progress, resume=True)
     for group in session.optimizer.param_groups:  # fine-tuning: smaller steps than training
         group["lr"] = cfg.refine_lr
-    keep_removed(session.optimizer, session.model, removed_modules(run.path))
+    keep_removed(session.optimizer, session.model, removed_modules(run.path, session.model))
     _keep_records_before(run.path / REFINEMENT, done)
     rounds = _Rounds(session, run, dataset)
     for round_ in range(cfg.refine + 1):
