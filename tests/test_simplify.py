@@ -15,6 +15,7 @@ from tprog.interpret import predict_ids
 from tprog.simplify import (
     PASSES,
     Basis,
+    fold_constants,
     readable_predicates,
     remove_dead_modules,
     restrict_to_reachable,
@@ -165,6 +166,43 @@ def test_numerical_table_entries_that_never_occur_take_the_default() -> None:
     assert exceptions == {(1, 1)} and table[1][1] == 2
     assert simplified.variable("num_attn_0_0").values == (1, 2)
     assert _same_outputs(simplified, program, basis)
+
+
+def _with_constant_mlp(program: ir.Program, row: tuple[float, ...]) -> ir.Program:
+    """``program`` plus an MLP that outputs 3 whatever it reads, whose classifier row at 3 is
+    ``row``: a per-label bias in disguise."""
+    name, k = "mlp_1_0", program.d_var
+    mlp = ir.CatMLP(name, ("tokens", "positions"), tuple((3,) * k for _ in range(k)))
+    clf = program.classifier
+    rows = tuple(row if value == 3 else tuple(9.0 for _ in row) for value in range(k))
+    return replace(
+        program,
+        variables=(*program.variables, ir.Variable(name, "categorical")),
+        modules=(*program.modules, mlp),
+        classifier=replace(
+            clf, terms=(*clf.terms, name), categorical={**clf.categorical, name: rows}
+        ),
+    )
+
+
+def test_a_constant_module_folds_into_the_bias_and_goes() -> None:
+    program, basis, _ = _induction()
+    labels = program.classifier.labels
+    # A bias that favours '<unk>' a little: where the circuit copies a number it still wins.
+    row = tuple(0.5 if label == "<unk>" else 0.0 for label in labels)
+    with_constant = _with_constant_mlp(program, row)
+    folded = fold_constants(with_constant, basis)
+    assert "mlp_1_0" not in folded.classifier.terms
+    assert folded.classifier.numerical["ones"] == row  # 0.0 + row, exactly
+    assert _same_outputs(folded, with_constant, basis)
+    simplified = remove_dead_modules(folded, basis)
+    assert [m.name for m in simplified.modules] == ["attn_0_0", "attn_1_0"]
+    assert _same_outputs(simplified, with_constant, basis)
+
+
+def test_a_module_that_varies_is_not_folded() -> None:
+    program, basis, _ = _induction()
+    assert fold_constants(program, basis).classifier == program.classifier
 
 
 @settings(

@@ -7,6 +7,8 @@ predictions at every real position are unchanged (`tests/test_simplify.py`), and
 re-checks the simplified program against the unsimplified one.
 
 Passes, in order:
+  * `fold_constants`: a head or MLP whose variable holds one value on the whole basis adds the
+    same weight row at every position; that row moves into the ``ones`` term (a per-label bias);
   * `remove_dead_modules`: classifier terms that never change a prediction go; then so does
     every module whose variable has no term left and which no live module reads;
   * `restrict_to_reachable`: each variable's values on the basis are recorded
@@ -56,6 +58,28 @@ def simplify(program: Program, basis: Basis) -> Program:
         "simplified_on_whole_domain": basis.whole_domain,
     }
     return replace(program, meta=meta)
+
+
+def fold_constants(program: Program, basis: Basis) -> Program:
+    """Move the classifier row of every module variable that is constant on the basis into
+    the ``ones`` term, where the predictions on the basis stay the same (they may not: float
+    addition is not associative). The module then has no term of its own, so
+    `remove_dead_modules` drops it unless a live module reads it."""
+    if "ones" not in {var.name for var in program.variables}:
+        return program  # no bias term to fold into
+    env = _environment(program, basis)
+    real = _real_positions(basis)
+    reference = _predictions(program, env, real)
+    for module in program.modules:
+        if module.name not in program.classifier.terms:
+            continue
+        values = np.unique(env[module.name][real])
+        if len(values) != 1:
+            continue
+        candidate = _folded(program, module.name, int(values[0]))
+        if np.array_equal(_predictions(candidate, env, real), reference):
+            program = candidate
+    return program
 
 
 def remove_dead_modules(program: Program, basis: Basis) -> Program:
@@ -108,6 +132,7 @@ def readable_predicates(program: Program, basis: Basis) -> Program:
 
 
 PASSES: tuple[Callable[[Program, Basis], Program], ...] = (
+    fold_constants,
     remove_dead_modules,
     restrict_to_reachable,
     readable_predicates,
@@ -178,6 +203,22 @@ def _without_module(program: Program, name: str) -> Program:
         modules=tuple(m for m in program.modules if m.name != name),
         variables=tuple(v for v in program.variables if v.name != name),
     )
+
+
+def _folded(program: Program, name: str, value: int) -> Program:
+    """``program`` with ``name``'s weight row at ``value`` added to the ``ones`` term (which
+    is 1 at every position) and ``name``'s own term gone."""
+    clf = program.classifier
+    if name in clf.categorical:
+        row = clf.categorical[name][value]
+    else:
+        row = tuple(weight * value for weight in clf.numerical[name])
+    bias = clf.numerical.get("ones", (0.0,) * len(clf.labels))
+    order = [var.name for var in program.variables]  # terms are added in creation order
+    terms = sorted({*clf.terms, "ones"}, key=order.index)
+    numerical = {**clf.numerical, "ones": tuple(b + w for b, w in zip(bias, row, strict=True))}
+    folded = replace(program, classifier=replace(clf, terms=tuple(terms), numerical=numerical))
+    return _without_term(folded, name)
 
 
 # --- reachable values --------------------------------------------------------------------
