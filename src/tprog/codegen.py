@@ -118,7 +118,7 @@ def _function_name(module: ir.Module) -> str:
     """``attn_0_1`` calls ``predicate_0_1``, ``num_mlp_1_0`` calls ``num_table_1_0``: named
     apart from the variable, which program() assigns. Older IR files name variables
     ``attn_0_1_outputs``, and get the same function names."""
-    stem = module.name.removesuffix("_outputs")
+    stem = ir.current_name(module.name)
     if isinstance(module, ir.CatAttention | ir.NumAttention):
         match = re.fullmatch(r"(num_)?attn_(.+)", stem)
         return f"{match[1] or ''}predicate_{match[2]}" if match else f"predicate_{stem}"
@@ -323,7 +323,7 @@ def _statement(module: ir.Module, fn: str) -> str:
 
 
 def _layer(name: str) -> str | None:
-    match = re.search(r"_(\d+)_\d+(_outputs)?$", name)
+    match = re.search(r"_(\d+)_\d+$", ir.current_name(name))
     return match[1] if match else None
 
 

@@ -48,6 +48,12 @@ INPUT_VARIABLES = (
 )
 
 
+def current_name(name: str) -> str:
+    """A module's variable name as tprog writes it now (``attn_0_1``). Older IR files and
+    pruning states name it ``attn_0_1_outputs``; read through this, they still work."""
+    return name.removesuffix("_outputs")
+
+
 @dataclass(frozen=True)
 class CatAttention:
     """``out[i] = value[j*]`` where ``j*`` is the closest allowed ``j`` with

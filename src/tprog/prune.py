@@ -43,6 +43,7 @@ from tprog.checkpoint import CHECKPOINT, save_checkpoint
 from tprog.config import RunConfig
 from tprog.data import Dataset
 from tprog.errors import RunDirError
+from tprog.ir import current_name
 from tprog.model.program import TransformerProgram
 from tprog.model.sampling import Sampling
 from tprog.rundir import (
@@ -160,9 +161,9 @@ class _State:
         blob = load_torch_file(path, "state_dict")
         try:
             state = cls(
-                [_current_name(name) for name in blob["order"]],
+                [current_name(name) for name in blob["order"]],
                 int(blob["step"]),
-                [_current_name(name) for name in blob["removed"]],
+                [current_name(name) for name in blob["removed"]],
                 float(blob["reference"]),
                 blob["state_dict"],
                 bool(blob["finished"]),
@@ -247,12 +248,6 @@ def _fine_tune(
 def module_names(model: TransformerProgram) -> list[str]:
     """The variable of every head and MLP, in creation order (inputs are never removed)."""
     return [var.name for var in model.shape.layout.in_creation_order() if var.layer >= 0]
-
-
-def _current_name(name: str) -> str:
-    """A module's variable name as the layout writes it now: pruning states written before
-    variables lost their ``_outputs`` suffix (``attn_0_1_outputs``) still resume."""
-    return name.removesuffix("_outputs")
 
 
 def _removal_masks(
