@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from tprog.config import DataConfig, RunConfig, build_config
-from tprog.data import build_dataset, draw_examples, encode_split, split_sizes
+from tprog.data import (
+    balanced_by_length,
+    build_dataset,
+    draw_examples,
+    encode_split,
+    split_sizes,
+)
 from tprog.errors import ConfigError
 from tprog.tasks import get_task, register_task
 from tprog.vocab import PAD, Vocab
@@ -55,6 +61,34 @@ def test_splits_are_disjoint_and_distinct() -> None:
     dataset = build_dataset(get_task("dyck2"), paper_config("dyck2", **{"data.size": 500}))
     parts = [{tuple(x) for x in s.inputs} for s in (dataset.train, dataset.val, dataset.test)]
     assert sum(map(len, parts)) == 500 == len(set.union(*parts))
+
+
+def test_balance_lengths_repeats_short_training_inputs_only() -> None:
+    plain = build_dataset(get_task("reverse"), paper_config("reverse"))
+    balanced = build_dataset(
+        get_task("reverse"), paper_config("reverse", **{"data.balance_lengths": True})
+    )
+    # val and test are the protocol's draws either way
+    assert balanced.val.inputs == plain.val.inputs and balanced.test.inputs == plain.test.inputs
+    before = np.bincount(plain.train.lengths)
+    after = np.bincount(balanced.train.lengths)
+    assert set(map(tuple, balanced.train.inputs)) == set(map(tuple, plain.train.inputs))
+    assert (after >= before).all() and after[before.argmax()] == before.max()
+    # Lengths rarer than the mean over the six present are raised to about that mean (as near
+    # as whole repeats get); commoner ones keep what they had.
+    mean = len(plain.train) / np.count_nonzero(before)
+    rare = (before > 0) & (before < mean)
+    assert np.count_nonzero(before) == 6 and rare.sum() == 4
+    assert (abs(after[rare] - mean) <= before[rare] / 2).all(), after
+    assert (after[~rare] == before[~rare]).all()
+    assert before[before > 0].min() < 10  # what it mends: a handful of one-symbol inputs
+
+
+def test_balanced_by_length_on_a_hand_built_list() -> None:
+    examples = [(["a"], ["x"]), (["b"], ["y"])] + [(["a", "b"], ["x", "y"])] * 6
+    out = balanced_by_length(examples)
+    # two lengths, mean 4 per length: each one-token input 2x, the two-token ones as they were
+    assert out == [examples[0]] * 2 + [examples[1]] * 2 + examples[2:]
 
 
 def test_encoding() -> None:

@@ -29,6 +29,11 @@ class DataConfig(_Section):
     )
     max_length: int = Field(8, ge=2, description="longest input, specials included; sets n_ctx")
     vocab_size: int = Field(8, ge=3, description="input vocabulary size, specials included")
+    balance_lengths: bool = Field(
+        False,
+        description="repeat training examples so that every input length has about the same "
+        "number (val and test stay as drawn); not part of the paper protocol",
+    )
 
 
 class ModelConfig(_Section):
