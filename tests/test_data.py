@@ -81,7 +81,7 @@ def test_balance_lengths_repeats_short_training_inputs_only() -> None:
     assert np.count_nonzero(before) == 6 and rare.sum() == 4
     assert (abs(after[rare] - mean) <= before[rare] / 2).all(), after
     assert (after[~rare] == before[~rare]).all()
-    assert before[before > 0].min() < 10  # what it mends: a handful of one-symbol inputs
+    assert before[before > 0].min() < 10  # the scarcity it targets: 2 one-symbol inputs
 
 
 def test_balanced_by_length_on_a_hand_built_list() -> None:
