@@ -2,18 +2,20 @@
 trained on, results recorded, and an interrupted refinement resumes to the identical result."""
 
 import json
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.test_cli import tprog
+from tprog import refine as refine_module
 from tprog import train as train_module
 from tprog.data import build_dataset
 from tprog.errors import ConfigError
 from tprog.pipeline import load_program, resume_and_decompile, train_and_decompile
-from tprog.refine import BEST, REFINEMENT, check_domain, read_records
-from tprog.rundir import load_run
+from tprog.refine import BEST, COUNTEREXAMPLES, REFINEMENT, check_domain, read_records
+from tprog.rundir import load_run, read_log
 from tprog.tasks import task_config
 from tprog.verify import verify_program
 
@@ -37,7 +39,15 @@ TINY = {
     "train.refine_lr": 0.05,
     "train.refine_tau": 1.0,
 }
-OUTPUTS = ("model.pt", "metrics.jsonl", REFINEMENT, BEST, "results.json", "program.json")
+OUTPUTS = (
+    "model.pt",
+    "metrics.jsonl",
+    REFINEMENT,
+    COUNTEREXAMPLES,
+    BEST,
+    "results.json",
+    "program.json",
+)
 
 
 def refined_run(out: Path, **overrides) -> Path:
@@ -61,7 +71,7 @@ def test_rounds_are_recorded_in_the_log_and_results(reference) -> None:
         assert record["domain"] == "whole domain" and record["n_inputs"] == 1554
     # Each round trains refine_epochs more epochs, logged with its round number.
     metrics = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
-    rounds_trained = sum(1 for r in records if r["n_added"])
+    rounds_trained = sum(1 for r in records if r["n_counterexamples"])
     assert len(metrics) == TINY["train.epochs"] + rounds_trained * TINY["train.refine_epochs"]
     assert {m.get("round") for m in metrics[TINY["train.epochs"] :]} <= {1, 2}
 
@@ -102,7 +112,38 @@ def test_held_out_inputs_are_never_trained_on(reference) -> None:
     kept = kept_record(reference)
     assert (kept["n_wrong"], kept["n_wrong_trainable"]) == (len(check.wrong), len(trainable))
     for record in read_records(reference):
-        assert record["n_added"] in (0, record["n_wrong_trainable"])
+        assert record["n_added"] <= record["n_wrong_trainable"]
+    for record in read_log(reference / COUNTEREXAMPLES):
+        assert not held_out & {tuple(inputs) for inputs, _ in record["examples"]}
+
+
+def test_counterexamples_accumulate_over_rounds(reference) -> None:
+    """A round trains on what every earlier round got wrong, not only the last: each round's
+    new inputs are logged once, and the set a round trains on only grows."""
+    records = read_records(reference)
+    added = read_log(reference / COUNTEREXAMPLES)
+    trained = [r for r in records if r["n_counterexamples"]]
+    assert len(trained) == len(added) >= 2, "the tiny run should train at least two rounds"
+    inputs = [tuple(x) for record in added for x, _ in record["examples"]]
+    assert len(inputs) == len(set(inputs)), "an input is added in one round only"
+    totals = [r["n_counterexamples"] for r in trained]
+    assert totals == list(accumulate(r["n_added"] for r in trained))
+    assert totals == list(accumulate(len(record["examples"]) for record in added))
+
+
+def test_each_round_trains_on_every_earlier_rounds_counterexamples(tmp_path, monkeypatch) -> None:
+    real, trained_on = refine_module._with_counterexamples, []
+
+    def recording(dataset, added, repeat, device):
+        trained_on.append({tuple(inputs) for inputs, _ in added})
+        return real(dataset, added, repeat, device)
+
+    monkeypatch.setattr(refine_module, "_with_counterexamples", recording)
+    run_dir = refined_run(tmp_path / "hist")
+    logged = [{tuple(x) for x, _ in r["examples"]} for r in read_log(run_dir / COUNTEREXAMPLES)]
+    assert len(trained_on) == len(logged) >= 2
+    for round_, inputs in enumerate(trained_on):
+        assert inputs == set().union(*logged[: round_ + 1])
 
 
 def test_without_holdout_every_counterexample_is_added(tmp_path) -> None:

@@ -8,21 +8,25 @@ each of up to ``train.refine`` rounds:
 1. runs the hard model, which computes exactly what the program computes, on every input of the
    task's domain (a fresh uniform sample of it when the domain is too large to enumerate, as
    `tprog verify` does);
-2. adds every wrong input ``train.refine_repeat`` times to the training split; with
-   ``train.refine_holdout`` (the default) val and test inputs are never added, so the test
-   accuracy stays a held-out figure and val stays fit for model selection;
-3. trains ``train.refine_epochs`` more epochs at learning rate ``train.refine_lr`` (a tenth of
-   training's: at the end of the schedule the model is nearly discrete, and Adam turns the
-   small gradients into full-size steps that undo more than they fix), at ``train.tau_end``
-   or annealed geometrically from ``train.refine_tau`` down to it.
+2. adds every wrong input to the round's counterexamples, which keep those of every earlier
+   round (a round trained on this round's mistakes alone forgets the last round's, and rounds
+   then swap one set of errors for another); with ``train.refine_holdout`` (the default) val
+   and test inputs are never added, so the test accuracy stays a held-out figure and val stays
+   fit for model selection;
+3. trains ``train.refine_epochs`` more epochs, on the training split plus
+   ``train.refine_repeat`` copies of every counterexample, at learning rate
+   ``train.refine_lr`` (a tenth of training's: at the end of the schedule the model is nearly
+   discrete, and Adam turns the small gradients into full-size steps that undo more than they
+   fix), at ``train.tau_end`` or annealed geometrically from ``train.refine_tau`` down to it.
 
 Rounds stop early when nothing that may be added is wrong. A round can also make things worse,
 so the run keeps the weights of the round with the fewest wrong inputs it may train on (never
 chosen on val/test inputs). Every measurement is one line of ``refinement.jsonl`` (round 0 is the
 model as trained); results.json repeats them and names the round kept.
 
-A round checkpoints only at its end, and its counterexamples are a deterministic function of the
-model at its start, so a resumed run repeats an interrupted round exactly.
+A round checkpoints only at its end, and its new counterexamples are a deterministic function of
+the model at its start; those of earlier rounds are kept in ``refinement_inputs.jsonl``. So a
+resumed run repeats an interrupted round exactly.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, plan_inputs, score_
 
 REFINEMENT = "refinement.jsonl"
 BEST = "refinement_best.pt"  # the weights of the best round so far
+COUNTEREXAMPLES = "refinement_inputs.jsonl"  # per round: the wrong inputs it added
 
 
 @dataclass(frozen=True)
@@ -87,16 +92,16 @@ def refine(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[st
     for group in session.optimizer.param_groups:  # fine-tuning: smaller steps than training
         group["lr"] = cfg.refine_lr
     keep_removed(session.optimizer, session.model, removed_modules(run.path, session.model))
-    _keep_records_before(run.path / REFINEMENT, done)
+    for log in (REFINEMENT, COUNTEREXAMPLES):
+        _keep_records_before(run.path / log, done)
     rounds = _Rounds(session, run, dataset)
     for round_ in range(cfg.refine + 1):
         epoch = cfg.epochs + round_ * cfg.refine_epochs  # the measurement after round_ rounds
         if done > epoch:
             continue  # measured before the run was resumed: its record is in the log
-        trainable = rounds.measure(round_, epoch)
-        if round_ == cfg.refine or not trainable:
+        if not rounds.measure(round_, epoch):
             break
-        rounds.train(round_ + 1, epoch, trainable, done)
+        rounds.train(round_ + 1, epoch, done)
     rounds.best.load_into(session.model)
     save_model(run.path / MODEL, session.model.cpu(), run.config)
     return read_records(run.path)
@@ -111,13 +116,24 @@ class _Rounds:
         held_out = (dataset.val, dataset.test) if self.cfg.refine_holdout else ()
         self.held_out = {tuple(x) for split in held_out for x in split.inputs}
         self.best = _Best.resume(run.path)
+        # every counterexample so far, in the order found, keyed by its input
+        self.counterexamples: dict[tuple[str, ...], Example] = {}
+        for record in read_log(run.path / COUNTEREXAMPLES):
+            self._add([(inputs, targets) for inputs, targets in record["examples"]])
 
-    def measure(self, round_: int, epoch: int) -> list[Example]:
+    def _add(self, examples: list[Example]) -> list[Example]:
+        new = [ex for ex in examples if tuple(ex[0]) not in self.counterexamples]
+        self.counterexamples.update((tuple(ex[0]), ex) for ex in new)
+        return new
+
+    def measure(self, round_: int, epoch: int) -> bool:
         """Log the model's figures after ``round_`` rounds (0: as trained), offer it as the best
-        round, and return the wrong inputs a next round may train on."""
+        round, add its trainable wrong inputs to the counterexamples, and say whether another
+        round follows."""
         check = check_domain(self.session.model, self.run, self.dataset, round_)
         trainable = [ex for ex in check.wrong if tuple(ex[0]) not in self.held_out]
         last = round_ == self.cfg.refine or not trainable
+        new = [] if last else self._add(trainable)
         record = {
             "round": round_,
             "epoch": epoch,
@@ -127,7 +143,9 @@ class _Rounds:
             "sequence_accuracy": check.sequence_accuracy,
             "n_wrong": len(check.wrong),
             "n_wrong_trainable": len(trainable),  # outside val/test, with refine_holdout
-            "n_added": 0 if last else len(trainable),  # what the next round trains on
+            "n_added": len(new),  # wrong inputs no earlier round found
+            # what the next round trains on (with the training split)
+            "n_counterexamples": 0 if last else len(self.counterexamples),
         }
         for name in ("val", "test"):
             split = getattr(self.dataset, name)
@@ -136,11 +154,14 @@ class _Rounds:
         # The weights first, then the record: a run killed in between measures this round
         # again on resuming, and offers the same weights again.
         self.best.offer(round_, len(trainable), self.session.model)
+        if not last:
+            append_line(self.run.path / COUNTEREXAMPLES, {"epoch": epoch, "examples": new})
         append_line(self.run.path / REFINEMENT, record)
-        return trainable
+        return not last
 
-    def train(self, round_: int, start: int, added: list[Example], done: int) -> None:
+    def train(self, round_: int, start: int, done: int) -> None:
         cfg = self.cfg
+        added = list(self.counterexamples.values())
         data = _with_counterexamples(self.dataset, added, cfg.refine_repeat, cfg.device)
         steps = cfg.refine_epochs * math.ceil(len(data.ids) / cfg.batch_size)
         tau_start = cfg.tau_end if cfg.refine_tau is None else cfg.refine_tau
