@@ -2,7 +2,6 @@
 trained on, results recorded, and an interrupted refinement resumes to the identical result."""
 
 import json
-from collections import Counter
 from itertools import accumulate
 from pathlib import Path
 
@@ -119,38 +118,32 @@ def test_held_out_inputs_are_never_trained_on(reference) -> None:
 
 
 def test_counterexamples_accumulate_over_rounds(reference) -> None:
-    """A round trains on what every earlier round got wrong, not only the last: the log has each
-    round's trainable wrong inputs, and the set a round trains on only grows."""
+    """A round trains on what every earlier round got wrong, not only the last: each round's
+    new inputs are logged once, and the set a round trains on only grows."""
     records = read_records(reference)
-    logged = [[tuple(x) for x, _ in r["examples"]] for r in read_log(reference / COUNTEREXAMPLES)]
+    added = read_log(reference / COUNTEREXAMPLES)
     trained = [r for r in records if r["n_counterexamples"]]
-    assert len(trained) == len(logged) >= 2, "the tiny run should train at least two rounds"
-    seen: set[tuple[str, ...]] = set()
-    for record, inputs in zip(trained, logged, strict=True):
-        assert len(inputs) == record["n_wrong_trainable"]
-        assert record["n_added"] == len(set(inputs) - seen)
-        seen |= set(inputs)
-        assert record["n_counterexamples"] == len(seen)
-    totals = [r["n_copies"] for r in trained]
-    assert totals == list(accumulate(TINY["train.refine_repeat"] * len(x) for x in logged))
+    assert len(trained) == len(added) >= 2, "the tiny run should train at least two rounds"
+    inputs = [tuple(x) for record in added for x, _ in record["examples"]]
+    assert len(inputs) == len(set(inputs)), "an input is added in one round only"
+    totals = [r["n_counterexamples"] for r in trained]
+    assert totals == list(accumulate(r["n_added"] for r in trained))
+    assert totals == list(accumulate(len(record["examples"]) for record in added))
 
 
 def test_each_round_trains_on_every_earlier_rounds_counterexamples(tmp_path, monkeypatch) -> None:
-    """... with refine_repeat copies of an input for every round that found it wrong."""
     real, trained_on = refine_module._with_counterexamples, []
 
-    def recording(dataset, added, copies, device):
-        trained_on.append(Counter({tuple(x): n for (x, _), n in zip(added, copies, strict=True)}))
-        return real(dataset, added, copies, device)
+    def recording(dataset, added, repeat, device):
+        trained_on.append({tuple(inputs) for inputs, _ in added})
+        return real(dataset, added, repeat, device)
 
     monkeypatch.setattr(refine_module, "_with_counterexamples", recording)
     run_dir = refined_run(tmp_path / "hist")
-    logged = [[tuple(x) for x, _ in r["examples"]] for r in read_log(run_dir / COUNTEREXAMPLES)]
+    logged = [{tuple(x) for x, _ in r["examples"]} for r in read_log(run_dir / COUNTEREXAMPLES)]
     assert len(trained_on) == len(logged) >= 2
-    assert set(logged[0]) & set(logged[1]), "some input should stay wrong for two rounds"
-    for round_, copies in enumerate(trained_on):
-        so_far = Counter(x for inputs in logged[: round_ + 1] for x in inputs)
-        assert copies == Counter({x: TINY["train.refine_repeat"] * n for x, n in so_far.items()})
+    for round_, inputs in enumerate(trained_on):
+        assert inputs == set().union(*logged[: round_ + 1])
 
 
 def test_without_holdout_every_counterexample_is_added(tmp_path) -> None:

@@ -8,15 +8,13 @@ each of up to ``train.refine`` rounds:
 1. runs the hard model, which computes exactly what the program computes, on every input of the
    task's domain (a fresh uniform sample of it when the domain is too large to enumerate, as
    `tprog verify` does);
-2. adds every wrong input to the counterexamples, which keep those of every earlier round (a
-   round trained on its own mistakes alone forgets the last round's, and rounds then swap one
-   set of errors for another); with ``train.refine_holdout`` (the default) val and test inputs
-   are never added, so the test accuracy stays a held-out figure and val stays fit for model
-   selection;
+2. adds every wrong input to the round's counterexamples, which keep those of every earlier
+   round (a round trained on this round's mistakes alone forgets the last round's, and rounds
+   then swap one set of errors for another); with ``train.refine_holdout`` (the default) val
+   and test inputs are never added, so the test accuracy stays a held-out figure and val stays
+   fit for model selection;
 3. trains ``train.refine_epochs`` more epochs, on the training split plus
-   ``train.refine_repeat`` copies of every counterexample for each round that found it wrong
-   (an input that stays wrong weighs more every round, until training can no longer trade it
-   for a few others), at learning rate
+   ``train.refine_repeat`` copies of every counterexample, at learning rate
    ``train.refine_lr`` (a tenth of training's: at the end of the schedule the model is nearly
    discrete, and Adam turns the small gradients into full-size steps that undo more than they
    fix), at ``train.tau_end`` or annealed geometrically from ``train.refine_tau`` down to it.
@@ -27,15 +25,13 @@ chosen on val/test inputs). Every measurement is one line of ``refinement.jsonl`
 model as trained); results.json repeats them and names the round kept.
 
 A round checkpoints only at its end, and its new counterexamples are a deterministic function of
-the model at its start; those of earlier rounds are in ``refinement_inputs.jsonl`` (each
-round's line lists every trainable input it found wrong). So a resumed run repeats an
-interrupted round exactly.
+the model at its start; those of earlier rounds are kept in ``refinement_inputs.jsonl``. So a
+resumed run repeats an interrupted round exactly.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +67,7 @@ from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, plan_inputs, score_
 
 REFINEMENT = "refinement.jsonl"
 BEST = "refinement_best.pt"  # the weights of the best round so far
-COUNTEREXAMPLES = "refinement_inputs.jsonl"  # per round: the wrong inputs it may train on
+COUNTEREXAMPLES = "refinement_inputs.jsonl"  # per round: the wrong inputs it added
 
 
 @dataclass(frozen=True)
@@ -120,18 +116,14 @@ class _Rounds:
         held_out = (dataset.val, dataset.test) if self.cfg.refine_holdout else ()
         self.held_out = {tuple(x) for split in held_out for x in split.inputs}
         self.best = _Best.resume(run.path)
-        # every counterexample so far, in the order found, keyed by its input, and how many
-        # rounds found it wrong
+        # every counterexample so far, in the order found, keyed by its input
         self.counterexamples: dict[tuple[str, ...], Example] = {}
-        self.times_wrong: Counter[tuple[str, ...]] = Counter()
         for record in read_log(run.path / COUNTEREXAMPLES):
             self._add([(inputs, targets) for inputs, targets in record["examples"]])
 
     def _add(self, examples: list[Example]) -> list[Example]:
-        """Count one more round wrong for each of ``examples``; returns those never seen."""
         new = [ex for ex in examples if tuple(ex[0]) not in self.counterexamples]
         self.counterexamples.update((tuple(ex[0]), ex) for ex in new)
-        self.times_wrong.update(tuple(ex[0]) for ex in examples)
         return new
 
     def measure(self, round_: int, epoch: int) -> bool:
@@ -152,9 +144,8 @@ class _Rounds:
             "n_wrong": len(check.wrong),
             "n_wrong_trainable": len(trainable),  # outside val/test, with refine_holdout
             "n_added": len(new),  # wrong inputs no earlier round found
-            # what the next round trains on, with the training split: distinct inputs, copies
+            # what the next round trains on (with the training split)
             "n_counterexamples": 0 if last else len(self.counterexamples),
-            "n_copies": 0 if last else self.cfg.refine_repeat * self.times_wrong.total(),
         }
         for name in ("val", "test"):
             split = getattr(self.dataset, name)
@@ -164,15 +155,14 @@ class _Rounds:
         # again on resuming, and offers the same weights again.
         self.best.offer(round_, len(trainable), self.session.model)
         if not last:
-            append_line(self.run.path / COUNTEREXAMPLES, {"epoch": epoch, "examples": trainable})
+            append_line(self.run.path / COUNTEREXAMPLES, {"epoch": epoch, "examples": new})
         append_line(self.run.path / REFINEMENT, record)
         return not last
 
     def train(self, round_: int, start: int, done: int) -> None:
         cfg = self.cfg
         added = list(self.counterexamples.values())
-        copies = [cfg.refine_repeat * self.times_wrong[key] for key in self.counterexamples]
-        data = _with_counterexamples(self.dataset, added, copies, cfg.device)
+        data = _with_counterexamples(self.dataset, added, cfg.refine_repeat, cfg.device)
         steps = cfg.refine_epochs * math.ceil(len(data.ids) / cfg.batch_size)
         tau_start = cfg.tau_end if cfg.refine_tau is None else cfg.refine_tau
         stage = Stage(
@@ -252,15 +242,15 @@ def _vocabs(dataset: Dataset) -> tuple[Any, Any, int]:
 
 
 def _with_counterexamples(
-    dataset: Dataset, added: list[Example], copies: list[int], device: str
+    dataset: Dataset, added: list[Example], repeat: int, device: str
 ) -> Tensors:
-    """The training split followed by ``copies[i]`` copies of the counterexample ``added[i]``."""
+    """The training split followed by ``repeat`` copies of each added counterexample."""
     extra = encode_split(added, *_vocabs(dataset))
     train = dataset.train
 
     def stacked(ours: np.ndarray, theirs: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(
-            np.concatenate([ours, np.repeat(theirs, copies, axis=0)]), device=device
+            np.concatenate([ours, np.repeat(theirs, repeat, axis=0)]), device=device
         )
 
     return Tensors(
