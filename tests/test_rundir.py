@@ -102,6 +102,35 @@ def test_missing_directory_and_files(run_copy: Path, tmp_path: Path) -> None:
         decompile_dir(run_copy)
 
 
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (b'{"round": 0}\n{"round": 1, "n_wr', 2),  # a write cut short
+        (b'{"round": 0}\n[1, 2]\n', 2),  # JSON, but not a record
+        (b"\n", 1),
+    ],
+)
+def test_corrupt_logs_are_named_with_their_line(tmp_path: Path, content: bytes, line: int) -> None:
+    log = tmp_path / "refinement.jsonl"
+    log.write_bytes(content)
+    with pytest.raises(RunDirError, match=rf"refinement\.jsonl is corrupt: line {line} "):
+        rundir.read_log(log)
+    log.write_bytes(b"\xff\xfe")
+    with pytest.raises(RunDirError, match=r"refinement\.jsonl is corrupt \(not a UTF-8"):
+        rundir.read_log(log)
+
+
+@pytest.mark.parametrize("log", ["refinement.jsonl", "pruning.jsonl"])
+def test_cli_refuses_a_corrupt_log(run_copy: Path, log: str) -> None:
+    (run_copy / log).write_text('{"round": 0, "n_wrong"')
+    result = cli("decompile", str(run_copy))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {run_copy / log} is corrupt: line 1 is not a JSON record."
+    ]
+
+
 @pytest.mark.parametrize("kind", ["truncated", "random bytes", "other task", "other architecture"])
 def test_cli_commands_refuse_bad_checkpoints(runs, tmp_path: Path, kind: str) -> None:
     run = Path(shutil.copytree(runs["hist"], tmp_path / "run"))

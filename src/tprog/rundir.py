@@ -67,7 +67,21 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines log, oldest first (none if it does not exist)."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise RunDirError(f"{path} is corrupt (not a UTF-8 text file).") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            # A log is a run's history; guessing past a bad line could replay a stage wrongly.
+            raise RunDirError(f"{path} is corrupt: line {number} is not a JSON record.")
+        records.append(record)
+    return records
 
 
 def keep_log_records(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
