@@ -13,6 +13,7 @@ from tprog import refine as refine_module
 from tprog import train as train_module
 from tprog.data import build_dataset
 from tprog.errors import ConfigError
+from tprog.model import sampling
 from tprog.pipeline import load_program, resume_and_decompile, train_and_decompile
 from tprog.refine import BEST, COUNTEREXAMPLES, REFINEMENT, check_domain, read_records
 from tprog.rundir import load_run, read_log
@@ -74,6 +75,28 @@ def test_rounds_are_recorded_in_the_log_and_results(reference) -> None:
     rounds_trained = sum(1 for r in records if r["n_counterexamples"])
     assert len(metrics) == TINY["train.epochs"] + rounds_trained * TINY["train.refine_epochs"]
     assert {m.get("round") for m in metrics[TINY["train.epochs"] :]} <= {1, 2}
+
+
+def test_rounds_without_noise_draw_none(tmp_path, monkeypatch) -> None:
+    """train.refine_noise=false: the rounds train the noise-free relaxation of the hard model,
+    while training before them keeps its Gumbel noise."""
+    draws = {"training": 0, "rounds": 0}
+    stage = ["training"]
+    gumbel, fit = sampling.gumbel_softmax, refine_module.fit
+
+    def counted_gumbel(logits, how):
+        draws[stage[0]] += 1
+        return gumbel(logits, how)
+
+    def round_fit(*args):
+        stage[0] = "rounds"
+        fit(*args)
+
+    monkeypatch.setattr(sampling, "gumbel_softmax", counted_gumbel)
+    monkeypatch.setattr(refine_module, "fit", round_fit)
+    out = refined_run(tmp_path / "hist", **{"train.refine_noise": False})
+    assert any(r["n_counterexamples"] for r in read_records(out)), "no round was trained"
+    assert draws["training"] > 0 and draws["rounds"] == 0
 
 
 def kept_record(run_dir: Path) -> dict:

@@ -102,6 +102,11 @@ class TrainConfig(_Section):
         True,
         description="never train on val/test inputs, so that test accuracy stays held out",
     )
+    refine_noise: bool = Field(
+        True,
+        description="Gumbel noise in refinement rounds, as in training; false: each choice is "
+        "the plain softmax at the round's temperature, a relaxation of the hard model itself",
+    )
 
 
 class StandardConfig(_Section):

@@ -17,7 +17,8 @@ each of up to ``train.refine`` rounds:
    ``train.refine_repeat`` copies of every counterexample, at learning rate
    ``train.refine_lr`` (a tenth of training's: at the end of the schedule the model is nearly
    discrete, and Adam turns the small gradients into full-size steps that undo more than they
-   fix), at ``train.tau_end`` or annealed geometrically from ``train.refine_tau`` down to it.
+   fix), at ``train.tau_end`` or annealed geometrically from ``train.refine_tau`` down to it,
+   and with ``train.refine_noise=false`` without Gumbel noise (see ``Sampling``).
 
 Rounds stop early when nothing that may be added is wrong. A round can also make things worse,
 so the run keeps the weights of the round with the fewest wrong inputs it may train on (never
@@ -172,6 +173,7 @@ class _Rounds:
             cfg.refine_epochs,
             cfg.refine_epochs,  # one checkpoint, at the round's end (see the module docstring)
             {"round": round_},
+            cfg.refine_noise,
         )
         fit(self.session, stage, done)
 

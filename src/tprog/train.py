@@ -205,6 +205,7 @@ class Stage:
     epochs: int
     checkpoint_every: int
     label: dict[str, int] = field(default_factory=dict)  # added to each metrics record
+    noise: bool = True  # see Sampling
 
     @property
     def end(self) -> int:
@@ -269,6 +270,7 @@ def fit(session: Session, stage: Stage, done: int) -> None:
             stage.taus,
             first_step,
             session.generators,
+            stage.noise,
         )
         record = {
             "epoch": epoch + 1,
@@ -314,11 +316,12 @@ def _train_epoch(
     taus: np.ndarray,
     step: int,
     generators: dict[str, torch.Generator],
+    noise: bool,
 ) -> tuple[float, int]:
     """One pass over the shuffled training split; returns (mean loss, steps taken so far)."""
 
     def batch_loss(batch: torch.Tensor, number: int) -> torch.Tensor:
-        sampling = Sampling(float(taus[step + number]), generators["noise"])
+        sampling = Sampling(float(taus[step + number]), generators["noise"], noise)
         logits = model(train_t.ids[batch], train_t.lengths[batch], sampling)
         return sequence_loss(logits, train_t.targets[batch])
 

@@ -13,10 +13,19 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Sampling:
-    """Soft mode: relaxed one-hot samples at temperature ``tau`` using ``generator``."""
+    """Soft mode: relaxed one-hot samples at temperature ``tau`` using ``generator``.
+
+    With ``noise`` off, every choice is the plain softmax at ``tau`` instead: deterministic, and
+    at a low ``tau`` the function the hard model computes, made differentiable. Noise is what
+    lets training explore; it also blurs what the hard model does. Categorical attention is a
+    choice too, and Gumbel noise on its scores swamps the small position bias that orders
+    matching keys: the noisy soft model attends to a random match where the hard model attends
+    to the closest one.
+    """
 
     tau: float
     generator: torch.Generator
+    noise: bool = True
 
 
 def one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -34,5 +43,10 @@ def gumbel_softmax(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 
 
 def choose(logits: torch.Tensor, sampling: Sampling | None) -> torch.Tensor:
-    """A relaxed sample in soft mode, the exact one-hot argmax in hard mode (``None``)."""
-    return one_hot_argmax(logits) if sampling is None else gumbel_softmax(logits, sampling)
+    """A relaxed sample in soft mode (without noise, the softmax at ``tau``), the exact one-hot
+    argmax in hard mode (``None``)."""
+    if sampling is None:
+        return one_hot_argmax(logits)
+    if not sampling.noise:
+        return F.softmax(logits / sampling.tau, dim=-1)
+    return gumbel_softmax(logits, sampling)
