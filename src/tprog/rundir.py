@@ -69,8 +69,10 @@ def read_log(path: Path) -> list[dict[str, Any]]:
         return []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+    except UnicodeDecodeError:
         raise RunDirError(f"{path} is corrupt (not a UTF-8 text file).") from None
+    except OSError as exc:  # unreadable is not corrupt: say which, as write_atomic does
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}.") from None
     records = []
     for number, line in enumerate(lines, 1):
         try:
