@@ -85,7 +85,9 @@ def print_step_cost(config, dataset, batch_sizes=(64, 128, 256, 512), steps=20) 
         times = []
         for number in range(steps + 3):  # the first steps of a new size are warm-up
             started = time.perf_counter()
-            _train_epoch(model, optimizer, one_batch, batch_size, taus, number, generators)
+            _train_epoch(
+                model, optimizer, one_batch, batch_size, taus, number, generators, noise=True
+            )
             if number >= 3:
                 times.append(time.perf_counter() - started)
         seconds.append(sorted(times)[len(times) // 2])
@@ -133,13 +135,15 @@ def print_profile(config, dataset, rows: int = 25) -> None:
     operators and shapes that take the most time, per step, and the share each takes."""
     model, optimizer, data, generators = _training_state(config, dataset)
     taus = np.full(10**6, config.train.tau_start)
-    _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators)
+    _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators, noise=True)
     started = time.perf_counter()
-    _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators)
+    _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators, noise=True)
     plain = time.perf_counter() - started
     clock = _OperatorClock()
     with clock:
-        _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators)
+        _train_epoch(
+            model, optimizer, data, config.train.batch_size, taus, 0, generators, noise=True
+        )
     steps = math.ceil(len(data.ids) / config.train.batch_size)
     total = sum(clock.seconds.values())
     print(

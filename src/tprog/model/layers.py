@@ -226,8 +226,9 @@ class _MLPs(nn.Module):
         """inputs: [M, 2, B, N, d_in] -> [M, B, N, d_var] relaxed one-hot outputs."""
         m, _, batch, n, d_in = inputs.shape
         x = inputs.view(m, 2, batch * n, d_in).permute(0, 2, 1, 3).reshape(m, batch * n, 2 * d_in)
-        out = self.logits(x).log_softmax(-1)
-        return choose(out, sampling).view(m, batch, n, self.d_var)
+        # The logits go to the choice as they are: softmax, with or without noise, is the same
+        # function of the logits and of their log_softmax, which would only cost a pass.
+        return choose(self.logits(x), sampling).view(m, batch, n, self.d_var)
 
     def chosen(self) -> list[tuple[int, int]]:
         reads = self.read.chosen()
