@@ -1,9 +1,13 @@
 """The model's hand-written backward passes agree with autograd's own."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from tprog.model.layers import batched_matmul, read_vars
+from tprog.model.sampling import softmax_at
 
 
 @pytest.mark.parametrize(
@@ -37,3 +41,33 @@ def test_read_vars_over_chunks_equals_one_stream():
     expected = torch.einsum("rv,vbnk->rbnk", weights, whole)
     torch.testing.assert_close(read_vars(chunks, weights), expected)
     assert torch.autograd.gradcheck(lambda w: read_vars(chunks, w), (weights,))
+
+
+@pytest.mark.parametrize("tau", [3.0, 0.3, 0.01])
+def test_softmax_at_tau_is_torchs_softmax_with_its_gradient(tau):
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(softmax_at(x, tau), torch.softmax(x / tau, -1))
+    assert torch.autograd.gradcheck(lambda x: softmax_at(x, tau), (x,))
+
+
+def test_softmax_at_tau_gives_exact_zeros_far_below_the_row_maximum():
+    # Masked attention keys (-1e30) and entries a low tau pushes below exp's range are exactly
+    # 0, never subnormal or NaN; a row with nothing allowed stays uniform, as torch's is.
+    x = torch.tensor([[0.0, -1e30, -1.0, -2.0], [-1e30, -1e30, -1e30, -1e30]])
+    y = softmax_at(x, 0.01)
+    assert y[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert y[1].tolist() == [0.25] * 4
+    torch.testing.assert_close(y, torch.softmax(x / 0.01, -1))
+
+
+def test_importing_tprog_flushes_subnormals_in_every_thread():
+    # Training time depends on it (subnormal arithmetic is 10-20x slower), and it must hold in
+    # PyTorch's worker threads, which only copy the setting if it precedes them.
+    code = (
+        "import tprog, torch; torch.set_num_threads(2); "
+        "x = torch.full((1 << 16,), 1e-30); "
+        "print(int(((x * 1e-10) == 0).all()), int((x * 1e-10 != 0).sum()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "0"]
