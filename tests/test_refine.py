@@ -12,7 +12,7 @@ from tests.test_cli import tprog
 from tprog import refine as refine_module
 from tprog import train as train_module
 from tprog.data import build_dataset
-from tprog.errors import ConfigError
+from tprog.errors import ConfigError, RunDirError
 from tprog.model import sampling
 from tprog.pipeline import load_program, resume_and_decompile, train_and_decompile
 from tprog.refine import BEST, COUNTEREXAMPLES, REFINEMENT, check_domain, read_records
@@ -195,6 +195,25 @@ def test_interrupted_refinement_resumes_to_the_same_result(reference, tmp_path, 
     resume_and_decompile(out, progress=False)
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_a_corrupt_counterexample_log_is_named_on_resuming(tmp_path, monkeypatch):
+    real_epoch, calls = train_module._train_epoch, []
+
+    def dying_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == TINY["train.epochs"] + TINY["train.refine_epochs"] + 1:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_epoch", dying_epoch)
+    out = tmp_path / "hist"
+    with pytest.raises(KeyboardInterrupt):
+        refined_run(out)
+    monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
+    (out / COUNTEREXAMPLES).write_text('{"epoch": 3}\n')  # JSON, but no examples
+    with pytest.raises(RunDirError, match=rf"{COUNTEREXAMPLES} is corrupt: line 1 has no list"):
+        resume_and_decompile(out, progress=False)
 
 
 def test_refine_tau_below_tau_end_is_refused(tmp_path) -> None:

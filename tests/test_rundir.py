@@ -120,6 +120,13 @@ def test_corrupt_logs_are_named_with_their_line(tmp_path: Path, content: bytes, 
         rundir.read_log(log)
 
 
+def test_an_unreadable_run_file_is_not_called_corrupt(run_copy: Path) -> None:
+    (run_copy / "config.json").unlink()
+    (run_copy / "config.json").mkdir()  # reading it fails with the OS's reason
+    with pytest.raises(RunDirError, match=r"cannot read .*config\.json: "):
+        rundir.load_run(run_copy)
+
+
 @pytest.mark.parametrize("log", ["refinement.jsonl", "pruning.jsonl"])
 def test_cli_refuses_a_corrupt_log(run_copy: Path, log: str) -> None:
     (run_copy / log).write_text('{"round": 0, "n_wrong"')

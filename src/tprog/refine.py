@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from tprog.data import Dataset, encode_split
+from tprog.errors import RunDirError
 from tprog.model.program import TransformerProgram
 from tprog.prune import keep_removed, removed_modules
 from tprog.rundir import (
@@ -119,8 +120,8 @@ class _Rounds:
         self.best = _Best.resume(run.path)
         # every counterexample so far, in the order found, keyed by its input
         self.counterexamples: dict[tuple[str, ...], Example] = {}
-        for record in read_log(run.path / COUNTEREXAMPLES):
-            self._add([(inputs, targets) for inputs, targets in record["examples"]])
+        for number, record in enumerate(read_log(run.path / COUNTEREXAMPLES), 1):
+            self._add(_logged_examples(record, run.path / COUNTEREXAMPLES, number))
 
     def _add(self, examples: list[Example]) -> list[Example]:
         new = [ex for ex in examples if tuple(ex[0]) not in self.counterexamples]
@@ -260,6 +261,19 @@ def _with_counterexamples(
         stacked(train.target_ids, extra.target_ids),
         stacked(train.lengths, extra.lengths),
     )
+
+
+def _logged_examples(record: dict[str, Any], path: Path, number: int) -> list[Example]:
+    """The ``(inputs, targets)`` pairs of one record of ``refinement_inputs.jsonl``."""
+    examples = record.get("examples")
+    if not isinstance(examples, list) or not all(
+        isinstance(ex, list) and len(ex) == 2 and all(isinstance(part, list) for part in ex)
+        for ex in examples
+    ):
+        raise RunDirError(
+            f"{path} is corrupt: line {number} has no list of [inputs, targets] examples."
+        )
+    return [(inputs, targets) for inputs, targets in examples]
 
 
 def _keep_records_before(path: Path, epoch: int) -> None:

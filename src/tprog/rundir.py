@@ -211,8 +211,10 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunDirError(f"{path} is missing: is {path.parent} a tprog run directory?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError):
         raise RunDirError(f"{path} is corrupt (not valid JSON).") from None
+    except OSError as exc:  # unreadable is not corrupt (as in read_log)
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}.") from None
 
 
 def mark_run_dir(path: Path, task: str) -> None:
