@@ -175,9 +175,9 @@ def test_without_holdout_every_counterexample_is_added(tmp_path) -> None:
     assert first["n_added"] == first["n_wrong_trainable"] == first["n_wrong"] > 0
 
 
-@pytest.mark.slow
-def test_interrupted_refinement_resumes_to_the_same_result(reference, tmp_path, monkeypatch):
-    """Killed inside round 2 (its checkpoint is at the end of round 1), then resumed."""
+def refined_run_killed_in_round_2(out: Path, monkeypatch) -> None:
+    """A refined run in ``out`` killed inside round 2, so that its checkpoint is at the end of
+    round 1 (training's epochs are left as they were afterwards)."""
     real_epoch, calls = train_module._train_epoch, []
 
     def dying_epoch(*args, **kwargs):
@@ -187,30 +187,24 @@ def test_interrupted_refinement_resumes_to_the_same_result(reference, tmp_path, 
         return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "_train_epoch", dying_epoch)
-    out = tmp_path / "hist"
     with pytest.raises(KeyboardInterrupt):
         refined_run(out)
-    assert not (out / "results.json").exists()
     monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
+
+
+@pytest.mark.slow
+def test_interrupted_refinement_resumes_to_the_same_result(reference, tmp_path, monkeypatch):
+    out = tmp_path / "hist"
+    refined_run_killed_in_round_2(out, monkeypatch)
+    assert not (out / "results.json").exists()
     resume_and_decompile(out, progress=False)
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 def test_a_corrupt_counterexample_log_is_named_on_resuming(tmp_path, monkeypatch):
-    real_epoch, calls = train_module._train_epoch, []
-
-    def dying_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == TINY["train.epochs"] + TINY["train.refine_epochs"] + 1:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_train_epoch", dying_epoch)
     out = tmp_path / "hist"
-    with pytest.raises(KeyboardInterrupt):
-        refined_run(out)
-    monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
+    refined_run_killed_in_round_2(out, monkeypatch)
     (out / COUNTEREXAMPLES).write_text('{"epoch": 3}\n')  # JSON, but no examples
     with pytest.raises(RunDirError, match=rf"{COUNTEREXAMPLES} is corrupt: line 1 has no list"):
         resume_and_decompile(out, progress=False)
