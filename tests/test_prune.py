@@ -116,6 +116,55 @@ def test_refinement_after_pruning_keeps_the_modules_removed(tmp_path) -> None:
     assert produced.isdisjoint(results["pruning"]["removed"])
 
 
+def test_with_the_domain_guard_no_removal_breaks_an_input_of_the_domain(tmp_path) -> None:
+    """hist's domain here is 1,554 inputs; with tolerance 0, a kept removal leaves no more of
+    them wrong than the trained model, and the pruned model's count is the program's."""
+    out = pruned_run(
+        tmp_path / "hist", **{"train.prune_domain": True, "train.refine_holdout": False}
+    )
+    records = read_records(out)
+    first, attempts = records[0], records[1:]
+    assert first["domain_wrong"] == round((1 - first["domain_accuracy"]) * 1554)
+    assert any(r["removed"] for r in attempts), "the tiny run should remove some modules"
+    for record in attempts:
+        judged = record["val_accuracy"] >= first["val_accuracy"]
+        if "domain_accuracy" in record:  # measured only where val allowed the removal
+            judged = judged and record["domain_wrong"] <= first["domain_wrong"]
+        assert record["removed"] == judged
+    results = json.loads((out / "results.json").read_text())
+    checked = results["verification"]
+    assert checked["mode"] == "whole domain" and checked["n_inputs"] == 1554
+    wrong = round((1 - checked["sequence_accuracy"]) * checked["n_inputs"])
+    assert results["pruning"]["domain_wrong"] == wrong <= first["domain_wrong"]
+    header = " ".join((out / "program.py").read_text().split('"""')[1].split())
+    assert f"wrong inputs of the domain {first['domain_wrong']} -> {wrong}" in header
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.prune_domain": True}, "set train.refine_holdout=false"),
+        ({"train.prune": False, "train.prune_domain": True}, "needs train.prune=true"),
+    ],
+)
+def test_a_domain_guard_without_its_premises_is_refused(tmp_path, overrides, message) -> None:
+    config = task_config("hist", {**TINY, **overrides})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_and_decompile(config, tmp_path / "hist", progress=False)
+
+
+def test_a_pruning_state_from_before_the_domain_guard_still_resumes(reference, tmp_path):
+    """Such a state saved the trained model's val accuracy alone, as a float."""
+    run = tmp_path / "old"
+    shutil.copytree(reference, run)
+    blob = load_torch_file(run / STATE, "state_dict")
+    val = blob["reference"]["val_accuracy"]
+    blob["reference"] = val
+    save_torch_file(run / STATE, blob)
+    state = prune_module._State.load(run, load_run(run).load_model())
+    assert state is not None and state.reference == {"val_accuracy": val}
+
+
 def test_a_pruning_state_written_before_the_renaming_still_resumes(reference, tmp_path):
     """Variables were once named ``attn_0_1_outputs``: a pruning state holding such names
     still names the model's modules, and a name the model lacks is refused rather than held

@@ -12,10 +12,11 @@ from tests.test_cli import tprog
 from tprog import refine as refine_module
 from tprog import train as train_module
 from tprog.data import build_dataset
+from tprog.domain_check import check_domain
 from tprog.errors import ConfigError, RunDirError
 from tprog.model import sampling
 from tprog.pipeline import load_program, resume_and_decompile, train_and_decompile
-from tprog.refine import BEST, COUNTEREXAMPLES, REFINEMENT, check_domain, read_records
+from tprog.refine import BEST, COUNTEREXAMPLES, REFINEMENT, read_records
 from tprog.rundir import load_run, read_log
 from tprog.tasks import task_config
 from tprog.verify import verify_program

@@ -126,9 +126,15 @@ def _print_results(results: dict, program_path: Path) -> None:
     if results.get("pruning"):
         pruning = results["pruning"]
         tried = len(pruning["attempts"])
+        guarded = ""
+        if "domain_wrong" in pruning:  # train.prune_domain
+            guarded = (
+                f"; wrong inputs of the domain {pruning['trained_domain_wrong']} -> "
+                f"{pruning['domain_wrong']}"
+            )
         click.echo(
             f"pruning: removed {len(pruning['removed'])} of {tried} heads and MLPs; val accuracy "
-            f"{pruning['trained_val_accuracy']:.4f} -> {pruning['val_accuracy']:.4f}"
+            f"{pruning['trained_val_accuracy']:.4f} -> {pruning['val_accuracy']:.4f}{guarded}"
         )
     if results.get("refinement"):
         rounds, kept = results["refinement"]["rounds"], results["refinement"]["kept_round"]

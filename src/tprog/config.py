@@ -83,6 +83,13 @@ class TrainConfig(_Section):
     prune_tolerance: float = Field(
         0.0, ge=0, le=1, description="val accuracy a removal may cost (a fraction, 0.001 = 0.1%)"
     )
+    prune_domain: bool = Field(
+        False,
+        description="also keep a removal only while the hard model's accuracy on the task's "
+        "domain (the inputs tprog verify checks) stays within train.prune_tolerance of the "
+        "trained model's; the domain holds val and test inputs, so this needs "
+        "train.refine_holdout=false",
+    )
     refine: int = Field(
         0, ge=0, description="rounds of counterexample-guided refinement after training"
     )
@@ -288,6 +295,13 @@ def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
         raise ConfigError("train.tau_end must not exceed train.tau_start (the schedule anneals).")
     if config.train.prune and config.train.tau_end > config.train.prune_tau:
         raise ConfigError("train.tau_end must not exceed train.prune_tau (fine-tuning anneals).")
+    if config.train.prune_domain and not config.train.prune:
+        raise ConfigError("train.prune_domain guards pruning: it needs train.prune=true.")
+    if config.train.prune_domain and config.train.refine_holdout:
+        raise ConfigError(
+            "train.prune_domain judges removals on the task's whole domain, val and test inputs "
+            "included, so test accuracy is not held out: set train.refine_holdout=false to say so."
+        )
     refine_tau = config.train.refine_tau
     if config.train.refine and refine_tau is not None and config.train.tau_end > refine_tau:
         raise ConfigError("train.tau_end must not exceed train.refine_tau (rounds anneal too).")

@@ -200,10 +200,16 @@ def _pruned_sentence(run: Run) -> list[str]:
     pruning = pruning_summary(run.path)
     if pruning is None:
         return []
+    guarded = ""
+    if "domain_wrong" in pruning:  # train.prune_domain
+        guarded = (
+            f", wrong inputs of the domain {pruning['trained_domain_wrong']} -> "
+            f"{pruning['domain_wrong']}"
+        )
     return [
         f"Pruned after training (train.prune): {len(pruning['removed'])} of "
         f"{len(pruning['attempts'])} heads and MLPs removed, val accuracy "
-        f"{pruning['trained_val_accuracy']:.4f} -> {pruning['val_accuracy']:.4f}."
+        f"{pruning['trained_val_accuracy']:.4f} -> {pruning['val_accuracy']:.4f}{guarded}."
     ]
 
 

@@ -13,6 +13,13 @@ nothing. With ``train.prune``, after training:
 3. the removal is kept if val accuracy is then at least the trained model's less
    ``train.prune_tolerance``; otherwise the model goes back to its state before the attempt.
 
+Val cannot see what a removal costs on inputs it lacks: reverse's val split holds few short
+inputs, and pruning reverse by val alone breaks short inputs that refinement then cannot mend.
+With ``train.prune_domain``, a removal must also leave the hard model's whole-input accuracy on
+the task's domain (the inputs `tprog verify` checks, encoded once) at least the trained model's
+less the same tolerance; with tolerance 0, no input of the domain that the trained model got
+right may go wrong, and fine-tuning is tried when either test fails.
+
 A module is *removed* by forbidding every later read of its variable (its read logits are held
 at -1e4, far below any learned logit, so no Gumbel sample or argmax picks it) and zeroing its
 classifier weights. The network keeps its shape; the module just no longer matters, and
@@ -42,6 +49,7 @@ from tqdm import tqdm
 from tprog.checkpoint import CHECKPOINT, save_checkpoint
 from tprog.config import RunConfig
 from tprog.data import Dataset
+from tprog.domain_check import DomainInputs
 from tprog.errors import RunDirError
 from tprog.ir import current_name
 from tprog.model.program import TransformerProgram
@@ -81,10 +89,14 @@ def prune(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str
     if not cfg.prune:
         return []
     session, _ = Session.start(run, dataset, progress=progress, resume=True)
+    domain = None
+    if cfg.prune_domain:  # where the domain is sampled, it is refinement's round-0 sample
+        domain = DomainInputs(run, dataset, np.random.default_rng([run.config.seed, 0]))
+    judge = _Judge(dataset, domain, cfg.prune_tolerance)
     state = _State.load(run.path, session.model)
     if state is None:  # step 0: measure the trained model and fix the order of attempts
         _keep_records_through(run.path / PRUNING, -1)
-        state, record = _State.first(session.model, dataset)
+        state, record = _State.first(session.model, judge)
         append_line(run.path / PRUNING, record)
         state.save(run.path, session.model)
     else:
@@ -98,7 +110,7 @@ def prune(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str
         leave=False,
     )
     for module in attempts:
-        record = _attempt(session, dataset, state, module)
+        record = _attempt(session, dataset, judge, state, module)
         append_line(run.path / PRUNING, record)
         state.save(run.path, session.model)
     if not state.finished:
@@ -127,12 +139,12 @@ class _State:
     order: list[str]
     step: int  # attempts done
     removed: list[str]
-    reference: float  # the trained model's val accuracy
+    reference: dict[str, float]  # the trained model's figures (see _Judge.figures)
     weights: dict[str, torch.Tensor] | None = None
     finished: bool = False
 
     @classmethod
-    def first(cls, model: TransformerProgram, dataset: Dataset) -> tuple[_State, dict[str, Any]]:
+    def first(cls, model: TransformerProgram, judge: _Judge) -> tuple[_State, dict[str, Any]]:
         """Score every module by val accuracy without it; the least missed is tried first
         (ties: in creation order). Returns the state and the record of step 0."""
         names = module_names(model)
@@ -140,12 +152,12 @@ class _State:
         for name in names:
             trial = _copy(model)
             hold_removed(trial, [name])
-            scores[name] = _val_accuracy(trial, dataset)
+            scores[name] = judge.val_accuracy(trial)
         order = sorted(names, key=lambda name: -scores[name])  # sorted() is stable
-        state = cls(order, 0, [], _val_accuracy(model, dataset))
+        state = cls(order, 0, [], judge.figures(model))
         record = {
             "step": 0,
-            "val_accuracy": state.reference,
+            **state.reference,
             "order": order,
             "val_without": [scores[name] for name in order],
         }
@@ -164,7 +176,7 @@ class _State:
                 [current_name(name) for name in blob["order"]],
                 int(blob["step"]),
                 [current_name(name) for name in blob["removed"]],
-                float(blob["reference"]),
+                _reference(blob["reference"]),
                 blob["state_dict"],
                 bool(blob["finished"]),
             )
@@ -191,27 +203,71 @@ class _State:
         )
 
 
-def _attempt(session: Session, dataset: Dataset, state: _State, module: str) -> dict[str, Any]:
-    """Try removing ``module``: keep the removal if val accuracy stays within tolerance, with
-    or without fine-tuning; either way advance ``state`` and return the attempt's record."""
+def _attempt(
+    session: Session, dataset: Dataset, judge: _Judge, state: _State, module: str
+) -> dict[str, Any]:
+    """Try removing ``module``: keep the removal if the model stays within tolerance, with or
+    without fine-tuning; either way advance ``state`` and return the attempt's record."""
     cfg = session.config.train
     state.step += 1
     trial = _copy(session.model)
     removed = [*state.removed, module]
     hold_removed(trial, removed)
-    val_without = _val_accuracy(trial, dataset)
-    floor = state.reference - cfg.prune_tolerance
-    record: dict[str, Any] = {"step": state.step, "module": module, "val_without": val_without}
-    if val_without < floor and cfg.prune_epochs:
+    figures = judge.figures(trial, state.reference)
+    record: dict[str, Any] = {"step": state.step, "module": module}
+    record |= {f"{name.removesuffix('_accuracy')}_without": x for name, x in figures.items()}
+    within = judge.within(figures, state.reference)
+    if not within and cfg.prune_epochs:
         record["train_loss"] = _fine_tune(trial, dataset, removed, session.config, state.step)
-        record["val_accuracy"] = _val_accuracy(trial, dataset)
-    else:
-        record["val_accuracy"] = val_without
-    record["removed"] = record["val_accuracy"] >= floor
-    if record["removed"]:
+        figures = judge.figures(trial, state.reference)
+        within = judge.within(figures, state.reference)
+    record |= figures
+    record["removed"] = within
+    if within:
         session.model.load_state_dict(trial.state_dict())
         state.removed = removed
     return record
+
+
+class _Judge:
+    """What a removal is judged on: val accuracy and, with ``train.prune_domain``, the share
+    of the domain's inputs the hard model gets wholly right (``domain_accuracy``)."""
+
+    def __init__(self, dataset: Dataset, domain: DomainInputs | None, tolerance: float) -> None:
+        self.dataset, self.domain, self.tolerance = dataset, domain, tolerance
+
+    def val_accuracy(self, model: TransformerProgram) -> float:
+        return split_accuracy(hard_predictions(model, self.dataset.val), self.dataset.val)
+
+    def figures(
+        self, model: TransformerProgram, reference: dict[str, float] | None = None
+    ) -> dict[str, float]:
+        """The model's figures; the domain's are left out when val alone already fails
+        ``reference`` (checking the domain costs a forward pass over all of it)."""
+        figures = {"val_accuracy": self.val_accuracy(model)}
+        val_only = {"val_accuracy": reference["val_accuracy"]} if reference else {}
+        if self.domain is not None and self.within(figures, val_only):
+            check = self.domain.check(model)
+            figures["domain_accuracy"] = check.sequence_accuracy
+            figures["domain_wrong"] = len(check.wrong)
+        return figures
+
+    def within(self, figures: dict[str, float], reference: dict[str, float]) -> bool:
+        """Whether every accuracy that ``reference`` has is at least its value less the
+        tolerance in ``figures`` (a figure not measured fails)."""
+        return all(
+            figures.get(name, -math.inf) >= value - self.tolerance
+            for name, value in reference.items()
+            if name.endswith("_accuracy")
+        )
+
+
+def _reference(saved: Any) -> dict[str, float]:
+    """The trained model's figures from a pruning state (one written before the domain guard
+    saved val accuracy alone, as a float)."""
+    if isinstance(saved, dict):
+        return {str(name): float(value) for name, value in saved.items()}
+    return {"val_accuracy": float(saved)}
 
 
 def _fine_tune(
@@ -336,22 +392,25 @@ def pruning_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
     first, attempts = records[0], records[1:]
     kept = [r for r in attempts if r["removed"]]
-    return {
+    last = kept[-1] if kept else first
+    summary = {
         "trained_val_accuracy": first["val_accuracy"],
-        "val_accuracy": kept[-1]["val_accuracy"] if kept else first["val_accuracy"],
+        "val_accuracy": last["val_accuracy"],
         "removed": [r["module"] for r in kept],
         "attempts": attempts,
     }
+    if "domain_wrong" in first:  # train.prune_domain
+        summary |= {
+            "trained_domain_wrong": first["domain_wrong"],
+            "domain_wrong": last["domain_wrong"],
+        }
+    return summary
 
 
 def _copy(model: TransformerProgram) -> TransformerProgram:
     trial = copy.deepcopy(model)
     trial.eval()
     return trial
-
-
-def _val_accuracy(model: TransformerProgram, dataset: Dataset) -> float:
-    return split_accuracy(hard_predictions(model, dataset.val), dataset.val)
 
 
 def _seed(*parts: int) -> int:

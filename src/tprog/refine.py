@@ -33,14 +33,14 @@ resumed run repeats an interrupted round exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tprog.data import Dataset, encode_split
+from tprog.data import Dataset
+from tprog.domain_check import check_domain, encode_examples
 from tprog.errors import RunDirError
 from tprog.model.program import TransformerProgram
 from tprog.prune import keep_removed, removed_modules
@@ -65,22 +65,10 @@ from tprog.train import (
     split_accuracy,
     tau_schedule,
 )
-from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, plan_inputs, score_rows
 
 REFINEMENT = "refinement.jsonl"
 BEST = "refinement_best.pt"  # the weights of the best round so far
 COUNTEREXAMPLES = "refinement_inputs.jsonl"  # per round: the wrong inputs it added
-
-
-@dataclass(frozen=True)
-class DomainCheck:
-    """The hard model on the task's domain (or a uniform sample of it)."""
-
-    mode: str  # "whole domain", "uniform sample of N" or "generator sample of N"
-    n_inputs: int
-    token_accuracy: float  # over non-<pad> targets
-    sequence_accuracy: float  # inputs with every scored position right
-    wrong: list[Example]  # every input with a wrong scored position, with its targets
 
 
 def refine(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str, Any]]:
@@ -206,25 +194,6 @@ class _Best:
         load_state(model, state, self.path, self.path.parent)
 
 
-def check_domain(model: TransformerProgram, run: Run, dataset: Dataset, round_: int) -> DomainCheck:
-    """Run the hard model on the task's domain; a sampled domain gets a fresh sample per round,
-    so that each round's figure is measured on inputs it did not train on."""
-    config = run.config
-    rng = np.random.default_rng([config.seed, round_])
-    mode, _, chunks = plan_inputs(run.task, config.data, DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, rng)
-    n_inputs = n_scored = n_right = 0
-    wrong: list[Example] = []
-    for inputs, targets in chunks:
-        split = encode_split(list(zip(inputs, targets, strict=True)), *_vocabs(dataset))
-        bad, scored, right = score_rows(hard_predictions(model, split), split.target_ids)
-        wrong += [(inputs[row], targets[row]) for row in np.flatnonzero(bad).tolist()]
-        n_inputs += len(inputs)
-        n_scored += scored
-        n_right += right
-    token_accuracy = n_right / n_scored if n_scored else math.nan
-    return DomainCheck(mode, n_inputs, token_accuracy, 1 - len(wrong) / n_inputs, wrong)
-
-
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """The round records of a run directory, oldest first (none without refinement)."""
     return read_log(Path(run_dir) / REFINEMENT)
@@ -240,15 +209,11 @@ def refinement_summary(run_dir: Path) -> dict[str, Any] | None:
     return {"rounds": records, "kept_round": kept["round"]}
 
 
-def _vocabs(dataset: Dataset) -> tuple[Any, Any, int]:
-    return dataset.vocab, dataset.labels, dataset.n_ctx
-
-
 def _with_counterexamples(
     dataset: Dataset, added: list[Example], repeat: int, device: str
 ) -> Tensors:
     """The training split followed by ``repeat`` copies of each added counterexample."""
-    extra = encode_split(added, *_vocabs(dataset))
+    extra = encode_examples(added, dataset)
     train = dataset.train
 
     def stacked(ours: np.ndarray, theirs: np.ndarray) -> torch.Tensor:
