@@ -116,32 +116,21 @@ def test_refinement_after_pruning_keeps_the_modules_removed(tmp_path) -> None:
     assert produced.isdisjoint(results["pruning"]["removed"])
 
 
-def test_with_the_domain_guard_no_removal_breaks_an_input_of_the_domain(
-    tmp_path, monkeypatch
-) -> None:
+def test_with_the_domain_guard_no_removal_breaks_an_input_of_the_domain(tmp_path) -> None:
     """hist's domain here is 1,554 inputs; with tolerance 0, a kept removal leaves no more of
-    them wrong than the trained model, and the pruned model's count is the program's.
-    Fine-tuning trains on what the model without the module gets wrong."""
-    real, fine_tuned_on = prune_module.with_counterexamples, []
-
-    def recording(dataset, wrong, repeat, device):
-        fine_tuned_on.append((len(wrong), repeat))
-        return real(dataset, wrong, repeat, device)
-
-    monkeypatch.setattr(prune_module, "with_counterexamples", recording)
+    them wrong than the trained model, and the pruned model's count is the program's."""
     out = pruned_run(
         tmp_path / "hist", **{"train.prune_domain": True, "train.refine_holdout": False}
     )
     records = read_records(out)
     first, attempts = records[0], records[1:]
-    tuned = [r["domain_wrong_without"] for r in attempts if "train_loss" in r]
-    assert fine_tuned_on, "no attempt fine-tuned"
-    assert fine_tuned_on == [(n, 10) for n in tuned if n]
     assert first["domain_wrong"] == round((1 - first["domain_accuracy"]) * 1554)
     assert any(r["removed"] for r in attempts), "the tiny run should remove some modules"
     for record in attempts:
-        val_kept = record["val_accuracy"] >= first["val_accuracy"]
-        assert record["removed"] == (val_kept and record["domain_wrong"] <= first["domain_wrong"])
+        judged = record["val_accuracy"] >= first["val_accuracy"]
+        if "domain_accuracy" in record:  # measured only where val allowed the removal
+            judged = judged and record["domain_wrong"] <= first["domain_wrong"]
+        assert record["removed"] == judged
     results = json.loads((out / "results.json").read_text())
     checked = results["verification"]
     assert checked["mode"] == "whole domain" and checked["n_inputs"] == 1554

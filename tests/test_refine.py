@@ -156,13 +156,13 @@ def test_counterexamples_accumulate_over_rounds(reference) -> None:
 
 
 def test_each_round_trains_on_every_earlier_rounds_counterexamples(tmp_path, monkeypatch) -> None:
-    real, trained_on = refine_module.with_counterexamples, []
+    real, trained_on = refine_module._with_counterexamples, []
 
     def recording(dataset, added, repeat, device):
         trained_on.append({tuple(inputs) for inputs, _ in added})
         return real(dataset, added, repeat, device)
 
-    monkeypatch.setattr(refine_module, "with_counterexamples", recording)
+    monkeypatch.setattr(refine_module, "_with_counterexamples", recording)
     run_dir = refined_run(tmp_path / "hist")
     logged = [{tuple(x) for x, _ in r["examples"]} for r in read_log(run_dir / COUNTEREXAMPLES)]
     assert len(trained_on) == len(logged) >= 2

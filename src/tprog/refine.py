@@ -36,8 +36,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from tprog.data import Dataset
-from tprog.domain_check import check_domain, with_counterexamples
+from tprog.domain_check import check_domain, encode_examples
 from tprog.errors import RunDirError
 from tprog.model.program import TransformerProgram
 from tprog.prune import keep_removed, removed_modules
@@ -55,6 +58,7 @@ from tprog.tasks.registry import Example
 from tprog.train import (
     Session,
     Stage,
+    Tensors,
     append_line,
     fit,
     hard_predictions,
@@ -148,7 +152,7 @@ class _Rounds:
     def train(self, round_: int, start: int, done: int) -> None:
         cfg = self.cfg
         added = list(self.counterexamples.values())
-        data = with_counterexamples(self.dataset, added, cfg.refine_repeat, cfg.device)
+        data = _with_counterexamples(self.dataset, added, cfg.refine_repeat, cfg.device)
         steps = cfg.refine_epochs * math.ceil(len(data.ids) / cfg.batch_size)
         tau_start = cfg.tau_end if cfg.refine_tau is None else cfg.refine_tau
         stage = Stage(
@@ -203,6 +207,25 @@ def refinement_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
     kept = min(records, key=lambda r: (r["n_wrong_trainable"], r["round"]))
     return {"rounds": records, "kept_round": kept["round"]}
+
+
+def _with_counterexamples(
+    dataset: Dataset, added: list[Example], repeat: int, device: str
+) -> Tensors:
+    """The training split followed by ``repeat`` copies of each added counterexample."""
+    extra = encode_examples(added, dataset)
+    train = dataset.train
+
+    def stacked(ours: np.ndarray, theirs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(
+            np.concatenate([ours, np.repeat(theirs, repeat, axis=0)]), device=device
+        )
+
+    return Tensors(
+        stacked(train.ids, extra.ids),
+        stacked(train.target_ids, extra.target_ids),
+        stacked(train.lengths, extra.lengths),
+    )
 
 
 def _logged_examples(record: dict[str, Any], path: Path, number: int) -> list[Example]:
