@@ -13,12 +13,13 @@ nothing. With ``train.prune``, after training:
 3. the removal is kept if val accuracy is then at least the trained model's less
    ``train.prune_tolerance``; otherwise the model goes back to its state before the attempt.
 
-Val cannot see what a removal costs on inputs it lacks: reverse's val split holds few short
-inputs, and pruning reverse by val alone breaks short inputs that refinement then cannot mend.
-With ``train.prune_domain``, a removal must also leave the hard model's whole-input accuracy on
-the task's domain (the inputs `tprog verify` checks, encoded once) at least the trained model's
-less the same tolerance; with tolerance 0, no input of the domain that the trained model got
-right may go wrong, and fine-tuning is tried when either test fails.
+Val cannot see what a removal costs on inputs it hardly holds: reverse's val split has few
+short inputs, and pruning reverse (8+8 heads, seed 0) by val alone left 306 of its 19,530 inputs
+wrong where the trained model had 85. With ``train.prune_domain``, a removal must also leave the
+hard model's whole-input accuracy on the task's domain (the inputs `tprog verify` checks,
+encoded once) at least the trained model's less the same tolerance: with tolerance 0, no more
+of the domain's inputs are wrong than the trained model got wrong (that run: 82). Fine-tuning
+is tried when either test fails.
 
 A module is *removed* by forbidding every later read of its variable (its read logits are held
 at -1e4, far below any learned logit, so no Gumbel sample or argmax picks it) and zeroing its
