@@ -116,7 +116,7 @@ def test_refinement_after_pruning_keeps_the_modules_removed(tmp_path) -> None:
     assert produced.isdisjoint(results["pruning"]["removed"])
 
 
-def test_with_the_domain_guard_no_removal_breaks_an_input_of_the_domain(tmp_path) -> None:
+def test_with_the_domain_guard_no_removal_leaves_more_of_the_domain_wrong(tmp_path) -> None:
     """hist's domain here is 1,554 inputs; with tolerance 0, a kept removal leaves no more of
     them wrong than the trained model, and the pruned model's count is the program's."""
     out = pruned_run(
