@@ -25,6 +25,7 @@ from tprog.pipeline import (
     train_and_decompile,
     verify_dir,
 )
+from tprog.prune import describe_change
 from tprog.sweep import BACKENDS, describe_sweep, run_sweep
 from tprog.tasks.registry import all_tasks, get_task, import_task_module, task_config
 from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, VERIFY_JSON, VerifyReport
@@ -126,15 +127,9 @@ def _print_results(results: dict, program_path: Path) -> None:
     if results.get("pruning"):
         pruning = results["pruning"]
         tried = len(pruning["attempts"])
-        guarded = ""
-        if "domain_wrong" in pruning:  # train.prune_domain
-            guarded = (
-                f"; wrong inputs of the domain {pruning['trained_domain_wrong']} -> "
-                f"{pruning['domain_wrong']}"
-            )
         click.echo(
-            f"pruning: removed {len(pruning['removed'])} of {tried} heads and MLPs; val accuracy "
-            f"{pruning['trained_val_accuracy']:.4f} -> {pruning['val_accuracy']:.4f}{guarded}"
+            f"pruning: removed {len(pruning['removed'])} of {tried} heads and MLPs; "
+            f"{describe_change(pruning)}"
         )
     if results.get("refinement"):
         rounds, kept = results["refinement"]["rounds"], results["refinement"]["kept_round"]

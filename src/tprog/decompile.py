@@ -29,7 +29,7 @@ from tprog.interpret import predict_ids
 from tprog.ir import Program
 from tprog.model.program import TransformerProgram
 from tprog.program_stats import code_lines, learned_lines, module_counts
-from tprog.prune import pruning_summary
+from tprog.prune import describe_change, pruning_summary
 from tprog.refine import refinement_summary
 from tprog.rundir import PROGRAM_JSON, PROGRAM_PY, RESULTS, Run, write_atomic, write_json
 from tprog.simplify import Basis, simplify
@@ -200,16 +200,9 @@ def _pruned_sentence(run: Run) -> list[str]:
     pruning = pruning_summary(run.path)
     if pruning is None:
         return []
-    guarded = ""
-    if "domain_wrong" in pruning:  # train.prune_domain
-        guarded = (
-            f", wrong inputs of the domain {pruning['trained_domain_wrong']} -> "
-            f"{pruning['domain_wrong']}"
-        )
     return [
         f"Pruned after training (train.prune): {len(pruning['removed'])} of "
-        f"{len(pruning['attempts'])} heads and MLPs removed, val accuracy "
-        f"{pruning['trained_val_accuracy']:.4f} -> {pruning['val_accuracy']:.4f}{guarded}."
+        f"{len(pruning['attempts'])} heads and MLPs removed, {describe_change(pruning)}."
     ]
 
 

@@ -37,6 +37,7 @@ starts.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,10 +91,7 @@ def prune(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str
     if not cfg.prune:
         return []
     session, _ = Session.start(run, dataset, progress=progress, resume=True)
-    domain = None
-    if cfg.prune_domain:  # where the domain is sampled, it is refinement's round-0 sample
-        domain = DomainInputs(run, dataset, np.random.default_rng([run.config.seed, 0]))
-    judge = _Judge(dataset, domain, cfg.prune_tolerance)
+    judge = _Judge(run, dataset)
     state = _State.load(run.path, session.model)
     if state is None:  # step 0: measure the trained model and fix the order of attempts
         _keep_records_through(run.path / PRUNING, -1)
@@ -234,8 +232,18 @@ class _Judge:
     """What a removal is judged on: val accuracy and, with ``train.prune_domain``, the share
     of the domain's inputs the hard model gets wholly right (``domain_accuracy``)."""
 
-    def __init__(self, dataset: Dataset, domain: DomainInputs | None, tolerance: float) -> None:
-        self.dataset, self.domain, self.tolerance = dataset, domain, tolerance
+    def __init__(self, run: Run, dataset: Dataset) -> None:
+        self.run, self.dataset = run, dataset
+        self.tolerance = run.config.train.prune_tolerance
+
+    @functools.cached_property
+    def domain(self) -> DomainInputs | None:
+        """The domain's inputs, encoded on first use (a resumed, finished pruning needs none);
+        where the domain is sampled, refinement's round-0 sample."""
+        if not self.run.config.train.prune_domain:
+            return None
+        rng = np.random.default_rng([self.run.config.seed, 0])
+        return DomainInputs(self.run, self.dataset, rng)
 
     def val_accuracy(self, model: TransformerProgram) -> float:
         return split_accuracy(hard_predictions(model, self.dataset.val), self.dataset.val)
@@ -246,8 +254,10 @@ class _Judge:
         """The model's figures; the domain's are left out when val alone already fails
         ``reference`` (checking the domain costs a forward pass over all of it)."""
         figures = {"val_accuracy": self.val_accuracy(model)}
-        val_only = {"val_accuracy": reference["val_accuracy"]} if reference else {}
-        if self.domain is not None and self.within(figures, val_only):
+        val_fails = reference is not None and not self.within(
+            figures, {"val_accuracy": reference["val_accuracy"]}
+        )
+        if self.domain is not None and not val_fails:
             check = self.domain.check(model)
             figures["domain_accuracy"] = check.sequence_accuracy
             figures["domain_wrong"] = len(check.wrong)
@@ -406,6 +416,18 @@ def pruning_summary(run_dir: Path) -> dict[str, Any] | None:
             "domain_wrong": last["domain_wrong"],
         }
     return summary
+
+
+def describe_change(pruning: dict[str, Any]) -> str:
+    """What pruning cost, from `pruning_summary`: "val accuracy 0.9970 -> 0.9979", and with
+    the domain guard ", wrong inputs of the domain 85 -> 82"."""
+    text = f"val accuracy {pruning['trained_val_accuracy']:.4f} -> {pruning['val_accuracy']:.4f}"
+    if "domain_wrong" in pruning:  # train.prune_domain
+        text += (
+            f", wrong inputs of the domain {pruning['trained_domain_wrong']} -> "
+            f"{pruning['domain_wrong']}"
+        )
+    return text
 
 
 def _copy(model: TransformerProgram) -> TransformerProgram:
