@@ -240,11 +240,59 @@ def test_continue_refuses_what_would_change_the_trained_model(trained, reference
         continue_run(trained, tmp_path / "a", {"train.lr": 0.1}, progress=False)
     with pytest.raises(ConfigError, match=re.escape("did you mean 'train.prune'?")):
         continue_run(trained, tmp_path / "a", {"train.prun": True}, progress=False)
-    with pytest.raises(RunDirError, match=re.escape("pruning.jsonl")):
-        continue_run(reference, tmp_path / "b", {"train.refine": 1}, progress=False)
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(reference, unfinished)
+    (unfinished / "program.json").unlink()
+    with pytest.raises(RunDirError, match="has not finished its pruning; resume it first"):
+        continue_run(unfinished, tmp_path / "b", {"train.refine": 1}, progress=False)
     with pytest.raises(RunDirError, match="itself"):
         continue_run(trained, trained, {"train.prune": True}, overwrite=True, progress=False)
     assert (trained / "model.pt").is_file()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     result = tprog("continue", str(tmp_path / "missing"), "--out", str(tmp_path / "c"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_continue_from_a_pruned_run_keeps_its_removals_and_records_where_it_came_from(
+    reference, tmp_path
+) -> None:
+    """Pruned, then refined, then pruned again: a chain of continued runs. The modules the
+    first pruning removed stay removed, the second pruning tries only the others, and each run
+    says what its model went through before it."""
+    before = {path.name: path.read_bytes() for path in reference.iterdir()}
+    first_removed = json.loads((reference / "results.json").read_text())["pruning"]["removed"]
+    assert first_removed, "the reference pruning removed nothing: nothing to inherit"
+    refined = tmp_path / "refined"
+    refinement = {"train.refine": 1, "train.refine_epochs": 2, "train.refine_tau": 1.0}
+    continue_run(reference, refined, refinement, progress=False)
+    assert {path.name: path.read_bytes() for path in reference.iterdir()} == before
+    assert not (refined / PRUNING).exists(), "the stages are the overrides' alone"
+    lineage = json.loads((refined / "continued_from.json").read_text())
+    assert lineage["run"] == str(reference.resolve())
+    assert lineage["removed"] == first_removed and lineage["refinement"] is None
+    assert lineage["pruning"]["removed"] == first_removed
+    assert {module.name for module in load_program(refined).modules}.isdisjoint(first_removed)
+    header = " ".join((refined / "program.py").read_text().split())  # unwrapped
+    assert "Continued (tprog continue) from the run" in header and "which was pruned" in header
+
+    again = tmp_path / "pruned-again"
+    continue_run(refined, again, {"train.prune": True, "train.prune_epochs": 1}, progress=False)
+    records = read_records(again)
+    assert set(records[0]["order"]) == set(module_names(load_run(again).load_model())) - set(
+        first_removed
+    )
+    second_removed = [record["module"] for record in records[1:] if record["removed"]]
+    model = load_run(again).load_model()
+    assert removed_modules(again, model) == [*first_removed, *second_removed]
+    live = {module.name for module in load_program(again).modules}
+    assert live.isdisjoint(first_removed + second_removed)
+    lineage = json.loads((again / "continued_from.json").read_text())
+    assert lineage["refinement"]["kept_round"] in (0, 1)
+    assert lineage["continued_from"]["run"] == str(reference.resolve())
+
+
+def test_continuing_a_pruned_run_with_no_stage_gives_its_program(reference, tmp_path) -> None:
+    out = tmp_path / "same"
+    continue_run(reference, out, {}, progress=False)
+    assert load_program(out).modules == load_program(reference).modules
+    assert (out / "model.pt").read_bytes() != b"" and (out / "continued_from.json").is_file()

@@ -150,8 +150,9 @@ def _print_results(results: dict, program_path: Path) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def continue_(source: Path, overrides, out: Path, overwrite: bool, quiet: bool) -> None:
-    """Prune and/or refine a trained run as a new run: KEY=VALUE sets train.prune* and
-    train.refine* (e.g. train.prune=true); RUN_DIR stays as it is."""
+    """Prune and/or refine a finished run as a new run: KEY=VALUE sets train.prune* and
+    train.refine* (e.g. train.prune=true); RUN_DIR, which may itself be pruned or refined,
+    stays as it is."""
     outcome = continue_run(
         source, out, parse_overrides(overrides), overwrite=overwrite, progress=not quiet
     )

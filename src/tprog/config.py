@@ -271,6 +271,15 @@ def with_post_training(config: RunConfig, overrides: Mapping[str, Any]) -> RunCo
     return build_config(config.task, [tree, overrides])
 
 
+def without_post_training(config: RunConfig) -> RunConfig:
+    """``config`` with every `post_training_keys` key at its default: the stages undone."""
+    tree = _flatten(config.model_dump(mode="json"))
+    del tree["task"]
+    for key in post_training_keys():
+        tree.pop(key, None)
+    return build_config(config.task, [tree])
+
+
 def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
     """Reject configurations that cannot work; returns the resolved ``d_var``."""
     data, model = config.data, config.model

@@ -31,7 +31,15 @@ from tprog.model.program import TransformerProgram
 from tprog.program_stats import code_lines, learned_lines, module_counts
 from tprog.prune import describe_change, pruning_summary
 from tprog.refine import refinement_summary
-from tprog.rundir import PROGRAM_JSON, PROGRAM_PY, RESULTS, Run, write_atomic, write_json
+from tprog.rundir import (
+    PROGRAM_JSON,
+    PROGRAM_PY,
+    RESULTS,
+    Run,
+    read_lineage,
+    write_atomic,
+    write_json,
+)
 from tprog.simplify import Basis, simplify
 from tprog.train import hard_predictions, split_accuracy
 from tprog.verify import VerifyReport, verify_for_run
@@ -100,6 +108,7 @@ def decompile(
         "size": size,
         "pruning": pruning_summary(run.path),
         "refinement": refinement_summary(run.path),
+        "continued_from": read_lineage(run.path),
         "machine": platform.machine(),
     }
     write_json(run.path / RESULTS, results)
@@ -186,6 +195,7 @@ def _header(
         f"Live: {live}; {lines['simplified']} code lines ({lines['unsimplified']} before "
         f"simplification), {lines['learned']} of them this program's own and the rest the "
         "runtime, the same in every tprog program.",
+        *_continued_sentence(run),
         *_pruned_sentence(run),
         f"Simplified on {basis.description}: every output there is unchanged"
         + ("." if basis.whole_domain else "; elsewhere it may differ from the unsimplified one."),
@@ -203,6 +213,24 @@ def _pruned_sentence(run: Run) -> list[str]:
     return [
         f"Pruned after training (train.prune): {len(pruning['removed'])} of "
         f"{len(pruning['attempts'])} heads and MLPs removed, {describe_change(pruning)}."
+    ]
+
+
+def _continued_sentence(run: Run) -> list[str]:
+    """A sentence on the run this one continued from, when that run was pruned or refined:
+    this program's model went through more than its config says."""
+    lineage = read_lineage(run.path)
+    if lineage is None:
+        return []
+    done = []
+    if lineage["pruning"]:
+        done.append(f"pruned ({len(lineage['removed'])} heads and MLPs removed)")
+    if lineage["refinement"]:
+        rounds = len(lineage["refinement"]["wrong_after_each_round"]) - 1
+        done.append(f"refined ({rounds} rounds, round {lineage['refinement']['kept_round']} kept)")
+    return [
+        f"Continued (tprog continue) from the run {lineage['run']}, which was "
+        f"{' and '.join(done)}; what its model went through is in continued_from.json."
     ]
 
 

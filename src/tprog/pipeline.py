@@ -3,6 +3,7 @@ verify."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,17 +11,18 @@ from typing import Any
 
 from tprog.checkpoint import CHECKPOINT
 from tprog.codegen import load_program_module
-from tprog.config import RunConfig, with_post_training
+from tprog.config import RunConfig, with_post_training, without_post_training
 from tprog.data import Dataset, build_dataset
 from tprog.decompile import PROGRAM_UNSIMPLIFIED_JSON, Outcome, decompile
 from tprog.errors import FaithfulnessError, InputError, RunDirError, TprogError
 from tprog.faithful import rows_agree
 from tprog.interpret import predict_ids, run_program
 from tprog.ir import Program
-from tprog.prune import PRUNING, prune
-from tprog.refine import REFINEMENT, refine
+from tprog.prune import PRUNING, prune, pruning_summary, removed_modules
+from tprog.refine import REFINEMENT, refine, refinement_summary
 from tprog.rundir import (
     CONFIG,
+    LINEAGE,
     METRICS,
     PROGRAM_JSON,
     RUN,
@@ -30,6 +32,7 @@ from tprog.rundir import (
     load_config,
     load_run,
     load_torch_file,
+    read_lineage,
     require_program_run,
     save_torch_file,
     write_atomic,
@@ -102,6 +105,9 @@ def _after_training(run: Run, dataset: Dataset, progress: bool) -> Outcome:
     return decompile(run, dataset=dataset, model=run.load_model())
 
 
+STAGE_LOGS = {"pruning": PRUNING, "refinement": REFINEMENT}  # a stage ran if its log exists
+
+
 def continue_run(
     source: Path,
     out: Path,
@@ -110,35 +116,80 @@ def continue_run(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Outcome:
-    """A new run in ``out`` that starts from the trained model of the run in ``source`` and
-    runs the stages after training as ``overrides`` set them (train.prune*, train.refine*),
-    then decompiles it. ``source`` is left as it is.
+    """A new run in ``out`` that starts from the model of the run in ``source`` and runs the
+    stages after training as ``overrides`` set them (train.prune*, train.refine*), then
+    decompiles it. ``source`` is left as it is.
 
-    Its training is ``source``'s: config, vocabulary, logs and end-of-training checkpoint
-    are copied, so the new run is the run that the new config would have made from scratch.
+    From a run that only trained, the new run's training is ``source``'s: config, vocabulary,
+    logs and end-of-training checkpoint are copied, so the new run is the run that the new
+    config would have made from scratch. From a run that was pruned or refined (and finished),
+    it starts from the model of ``source``'s program instead, with the stages set only by
+    ``overrides``: refine, then prune, then refine again is a chain of continued runs. What the
+    model went through before is recorded in continued_from.json (``source``'s config and
+    stage results, and its own record if it too was continued), and the modules ``source``
+    had removed stay removed.
     """
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve():
         raise RunDirError(f"--out is {source} itself; continue into a new run directory.")
     config = load_config(source)
     require_program_run(config, source)
-    new_config = with_post_training(config, overrides)
     blob = load_torch_file(source / CHECKPOINT, "epoch")
-    stages = [name for name in (PRUNING, REFINEMENT) if (source / name).exists()]
-    if blob["epoch"] != config.train.epochs or stages:
+    stages = [stage for stage, log in STAGE_LOGS.items() if (source / log).exists()]
+    if stages:
+        lineage, weights = _lineage(source, config, stages)
+        config = without_post_training(config)
+        blob = {**blob, "epoch": config.train.epochs, "model": weights}
+    elif blob["epoch"] != config.train.epochs:
         raise RunDirError(
-            f"{source} has no end-of-training checkpoint to continue from "
-            f"({', '.join(stages) or 'its checkpoint is from epoch ' + str(blob['epoch'])}); "
-            "continue from a run that has finished training and nothing after it."
+            f"{source} has no end-of-training checkpoint to continue from (its checkpoint is "
+            f"from epoch {blob['epoch']}); resume it first (tprog train --resume)."
         )
+    new_config = with_post_training(config, overrides)
     new_config, dataset = resolve(new_config)
     prepare_run_dir(out, overwrite)
     for name in (RUN, VOCAB, METRICS, TIMING):
         shutil.copyfile(source / name, out / name)
+    if stages:
+        write_json(out / LINEAGE, lineage)
+    elif (source / LINEAGE).is_file():  # source continued one and added no stage of its own
+        shutil.copyfile(source / LINEAGE, out / LINEAGE)
     write_atomic(out / CONFIG, new_config.to_json())
     save_torch_file(out / CHECKPOINT, {**blob, "config": new_config.to_json()})
     run = train(new_config, out, progress=progress, dataset=dataset, resume=True)
     return _after_training(run, dataset, progress)
+
+
+def _lineage(
+    source: Path, config: RunConfig, stages: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a run continued from ``source`` records of it, and the weights of ``source``'s
+    program. ``source`` must have finished its ``stages``: its program is written only after
+    them."""
+    if not (source / PROGRAM_JSON).is_file():
+        raise RunDirError(
+            f"{source} has not finished its {' and '.join(stages)}; resume it first "
+            "(tprog train --resume), then continue from it."
+        )
+    run = load_run(source)
+    model = run.load_model()
+    pruning, refinement = pruning_summary(source), refinement_summary(source)
+    if pruning is not None:  # every attempt's record stays in source's pruning.jsonl
+        pruning = {key: value for key, value in pruning.items() if key != "attempts"}
+    if refinement is not None:
+        refinement = {
+            "wrong_after_each_round": [record["n_wrong"] for record in refinement["rounds"]],
+            "kept_round": refinement["kept_round"],
+        }
+    record = {
+        "run": str(source.resolve()),
+        "config": json.loads(config.to_json()),
+        "removed": removed_modules(source, model),
+        "pruning": pruning,
+        "refinement": refinement,
+        "continued_from": read_lineage(source),
+    }
+    return record, model.state_dict()
 
 
 def decompile_dir(path: Path) -> Outcome:

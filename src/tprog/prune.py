@@ -25,7 +25,8 @@ A module is *removed* by forbidding every later read of its variable (its read l
 at -1e4, far below any learned logit, so no Gumbel sample or argmax picks it) and zeroing its
 classifier weights. The network keeps its shape; the module just no longer matters, and
 `simplify.remove_dead_modules` then drops it from the program, exactly. Refinement after
-pruning keeps the same modules removed (`keep_removed`).
+pruning keeps the same modules removed (`keep_removed`), and so does a run that `tprog continue`
+started from a pruned one: pruning there tries only the modules that are left.
 
 Every attempt is one line of ``pruning.jsonl`` (step 0 is the trained model). Attempts use
 random generators of their own, seeded by the run's seed and the step, and the state after
@@ -57,11 +58,13 @@ from tprog.ir import current_name
 from tprog.model.program import TransformerProgram
 from tprog.model.sampling import Sampling
 from tprog.rundir import (
+    LINEAGE,
     MODEL,
     Run,
     keep_log_records,
     load_state,
     load_torch_file,
+    read_lineage,
     read_log,
     save_model,
     save_torch_file,
@@ -95,7 +98,7 @@ def prune(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str
     state = _State.load(run.path, session.model)
     if state is None:  # step 0: measure the trained model and fix the order of attempts
         _keep_records_through(run.path / PRUNING, -1)
-        state, record = _State.first(session.model, judge)
+        state, record = _State.first(session.model, judge, inherited_removed(run.path))
         append_line(run.path / PRUNING, record)
         state.save(run.path, session.model)
     else:
@@ -143,17 +146,20 @@ class _State:
     finished: bool = False
 
     @classmethod
-    def first(cls, model: TransformerProgram, judge: _Judge) -> tuple[_State, dict[str, Any]]:
-        """Score every module by val accuracy without it; the least missed is tried first
-        (ties: in creation order). Returns the state and the record of step 0."""
-        names = module_names(model)
+    def first(
+        cls, model: TransformerProgram, judge: _Judge, inherited: list[str]
+    ) -> tuple[_State, dict[str, Any]]:
+        """Score every module not ``inherited`` removed by val accuracy without it; the least
+        missed is tried first (ties: in creation order). Returns the state and the record of
+        step 0."""
+        names = [name for name in module_names(model) if name not in inherited]
         scores = {}
         for name in names:
             trial = _copy(model)
-            hold_removed(trial, [name])
+            hold_removed(trial, [*inherited, name])
             scores[name] = judge.val_accuracy(trial)
         order = sorted(names, key=lambda name: -scores[name])  # sorted() is stable
-        state = cls(order, 0, [], judge.figures(model))
+        state = cls(order, 0, list(inherited), judge.figures(model))
         record = {
             "step": 0,
             **state.reference,
@@ -386,9 +392,26 @@ def keep_removed(
 
 
 def removed_modules(run_dir: Path, model: TransformerProgram) -> list[str]:
-    """The modules of ``model`` that a finished pruning removed (none without pruning)."""
+    """The modules of ``model`` that a finished pruning removed, those removed before a
+    continued run (`inherited_removed`) included; none without pruning."""
     state = _State.load(Path(run_dir), model)
-    return state.removed if state is not None and state.finished else []
+    if state is not None and state.finished:
+        return state.removed  # it started from the inherited ones
+    inherited = inherited_removed(run_dir)
+    unknown = sorted(set(inherited) - set(module_names(model)))
+    if unknown:
+        raise RunDirError(
+            f"{Path(run_dir) / LINEAGE} names heads or MLPs this run's model does not have: "
+            f"{', '.join(unknown)}."
+        )
+    return inherited
+
+
+def inherited_removed(run_dir: Path) -> list[str]:
+    """The modules that the pruned run a continued run started from had removed: they stay
+    removed, and pruning tries only the others."""
+    lineage = read_lineage(run_dir)
+    return [current_name(str(name)) for name in lineage["removed"]] if lineage else []
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The run directory: atomic writes, and loading that fails with one clear sentence.
 
 ``runs/<name>/``: run.json (format version), config.json (resolved), vocab.json, checkpoint.pt,
-model.pt, metrics.jsonl, timing.jsonl, results.json, program.json, program.py (+ its weights).
+model.pt, metrics.jsonl, timing.jsonl, results.json, program.json, program.py (+ its weights);
+continued_from.json in a run that `tprog continue` started from a pruned or refined run.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ CONFIG, VOCAB, MODEL, METRICS, RESULTS = (
 )
 PROGRAM_JSON, PROGRAM_PY = "program.json", "program.py"
 TIMING = "timing.jsonl"  # seconds per epoch: kept out of metrics.jsonl, which is deterministic
+# What a continued run's model went through before it (see tprog.pipeline.continue_run).
+LINEAGE = "continued_from.json"
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -215,6 +218,18 @@ def _read_json(path: Path) -> Any:
         raise RunDirError(f"{path} is corrupt (not valid JSON).") from None
     except OSError as exc:  # unreadable is not corrupt (as in read_log)
         raise RunDirError(f"cannot read {path}: {exc.strerror or exc}.") from None
+
+
+def read_lineage(path: Path) -> dict[str, Any] | None:
+    """The record of the pruned or refined run that the run in ``path`` continues (None when
+    its model is its own training's)."""
+    file = Path(path) / LINEAGE
+    if not file.is_file():
+        return None
+    lineage = _read_json(file)
+    if not isinstance(lineage, dict) or not isinstance(lineage.get("removed"), list):
+        raise RunDirError(f"{file} is corrupt (expected the record of the run continued).")
+    return lineage
 
 
 def mark_run_dir(path: Path, task: str) -> None:
