@@ -295,4 +295,9 @@ def test_continuing_a_pruned_run_with_no_stage_gives_its_program(reference, tmp_
     out = tmp_path / "same"
     continue_run(reference, out, {}, progress=False)
     assert load_program(out).modules == load_program(reference).modules
-    assert (out / "model.pt").read_bytes() != b"" and (out / "continued_from.json").is_file()
+    model = load_run(out).load_model()
+    assert removed_modules(out, model) == removed_modules(reference, model)
+    (out / "continued_from.json").write_text("[]")
+    result = tprog("decompile", str(out))
+    assert result.returncode == 2 and "continued_from.json is corrupt" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -223,14 +223,16 @@ def _continued_sentence(run: Run) -> list[str]:
     if lineage is None:
         return []
     done = []
-    if lineage["pruning"]:
+    if lineage.get("pruning"):
         done.append(f"pruned ({len(lineage['removed'])} heads and MLPs removed)")
-    if lineage["refinement"]:
-        rounds = len(lineage["refinement"]["wrong_after_each_round"]) - 1
-        done.append(f"refined ({rounds} rounds, round {lineage['refinement']['kept_round']} kept)")
+    refinement = lineage.get("refinement")
+    if refinement:
+        rounds = len(refinement["wrong_after_each_round"]) - 1
+        done.append(f"refined ({rounds} rounds, round {refinement['kept_round']} kept)")
     return [
-        f"Continued (tprog continue) from the run {lineage['run']}, which was "
-        f"{' and '.join(done)}; what its model went through is in continued_from.json."
+        f"Continued (tprog continue) from the run {lineage.get('run')}, which was "
+        f"{' and '.join(done) or 'pruned or refined'}; what its model went through is in "
+        "continued_from.json."
     ]
 
 
