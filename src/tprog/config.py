@@ -266,18 +266,18 @@ def with_post_training(config: RunConfig, overrides: Mapping[str, Any]) -> RunCo
                 f"config key {key!r} would change the trained model; only what comes after "
                 f"training may change here: {', '.join(post_training_keys())}."
             )
-    tree = _flatten(config.model_dump(mode="json"))
-    del tree["task"]
-    return build_config(config.task, [tree, overrides])
+    return build_config(config.task, [_settings(config), overrides])
 
 
 def without_post_training(config: RunConfig) -> RunConfig:
     """``config`` with every `post_training_keys` key at its default: the stages undone."""
+    return build_config(config.task, [_settings(config, drop=post_training_keys())])
+
+
+def _settings(config: RunConfig, drop: Sequence[str] = ()) -> dict[str, Any]:
+    """``config`` as flat dotted keys for `build_config`: all but the task and ``drop``."""
     tree = _flatten(config.model_dump(mode="json"))
-    del tree["task"]
-    for key in post_training_keys():
-        tree.pop(key, None)
-    return build_config(config.task, [tree])
+    return {key: value for key, value in tree.items() if key != "task" and key not in drop}
 
 
 def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
