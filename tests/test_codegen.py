@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tests.test_induction_circuit import induction_program
 from tprog import ir
 from tprog.codegen import load_program_module, program_to_python, write_program
+from tprog.codegen_template import RUNTIME_FILE, RUNTIME_SOURCE
 from tprog.errors import InputError
 from tprog.interpret import run_program
 
@@ -192,11 +193,13 @@ def tripped(*args, **kwargs):
 real_import = builtins.__import__
 
 
-allowed = ["json", "pathlib"]
+allowed = ["importlib", "json", "pathlib"]
 
 
 def guarded_import(name, globals=None, *args, **kwargs):
-    if (globals or {}).get("__name__") == "generated" and name.split(".")[0] not in allowed:
+    # the program and the runtime it loads beside it (as generated_runtime)
+    generated = (globals or {}).get("__name__") in {"generated", "generated_runtime"}
+    if generated and name.split(".")[0] not in allowed:
         tripped(name)
     return real_import(name, globals, *args, **kwargs)
 
@@ -236,6 +239,32 @@ def run_in_fresh_interpreter(path: Path, inputs, cwd: Path) -> dict:
     return json.loads(result.stdout)
 
 
+def top_level_imports(source: str) -> list[str]:
+    tree = ast.parse(source)
+    return [
+        ast.unparse(node) for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)
+    ]
+
+
+def all_imports(source: str) -> set[str]:
+    """Every import statement, at top level or inside functions."""
+    imports = (node for node in ast.walk(ast.parse(source)))
+    return {ast.unparse(node) for node in imports if isinstance(node, ast.Import | ast.ImportFrom)}
+
+
+def test_the_runtime_imports_the_standard_library_and_numpy_only_for_batches() -> None:
+    assert top_level_imports(RUNTIME_SOURCE) == ["import json", "from pathlib import Path"]
+    assert all_imports(RUNTIME_SOURCE) == {*top_level_imports(RUNTIME_SOURCE), "import numpy as np"}
+    tree = ast.parse(RUNTIME_SOURCE)
+    uses_numpy = {  # the functions that import numpy: run_batch and its numpy helpers only
+        function.name
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef)
+        and any(isinstance(node, ast.Import) for node in ast.walk(function))
+    }
+    assert uses_numpy - {"run_batch"} == {name for name in uses_numpy if name.startswith("_")}
+
+
 HEADER = 'Accuracy 1.0 """ \\" \\\n\x00 \u2028 é @RUN@ {x}\nimport os; os.system("echo pwned")\n"'
 
 
@@ -245,15 +274,8 @@ def test_hostile_vocabulary_labels_task_and_header(tmp_path: Path, seed: int) ->
     program = dataclasses.replace(program, task="t'); __import__('os').system('x') #\"\"\"")
     source, _ = program_to_python(program, header=HEADER)
     ast.parse(source)
-    tree = ast.parse(source)
-    imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
-    assert [ast.unparse(node) for node in imports] == ["import json", "from pathlib import Path"]
-    inner = {  # imports inside functions: numpy, for run_batch and its helpers only
-        ast.unparse(node)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom) and node not in imports
-    }
-    assert inner == {"import numpy as np"}
+    assert top_level_imports(source) == ["import importlib.util", "from pathlib import Path"]
+    assert all_imports(source) == {"import importlib.util", "from pathlib import Path"}
     path = tmp_path / "gen" / "program.py"
     write_program(program, path, header=HEADER)
     elsewhere = tmp_path / "elsewhere"
@@ -303,7 +325,9 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     write_program(program, path, header="h")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    assert sorted(before) == ["p.py", "p_weights.json"]  # no temp files left behind
+    # no temp files left behind
+    assert sorted(before) == ["p.py", "p_weights.json", RUNTIME_FILE]
+    assert before[RUNTIME_FILE].decode() == RUNTIME_SOURCE
     assert (
         before["p.py"].decode()
         == program_to_python(program, weights_file="p_weights.json", header="h")[0]
@@ -431,7 +455,7 @@ def test_generated_source_reads_like_a_program(tmp_path: Path) -> None:
         assert module.run(tokens) == run_program(program, [tokens])[0]
     assert module.run_batch(inputs) == run_program(program, inputs)
     assert module.run_batch(tuple(tuple(tokens) for tokens in inputs)) == module.run_batch(inputs)
-    module._MOST_SELECTED = 20  # at most 20 // 3**2 = 2 inputs of length 3 at a time
+    module._RUNTIME._MOST_SELECTED = 20  # at most 20 // 3**2 = 2 inputs of length 3 at a time
     assert module.run_batch(inputs * 3) == run_program(program, inputs * 3)
     # program() gives every variable, for one input (lists) or a batch (arrays [inputs, n])
     variables = module.program(["c", "a", "b"], [0, 1, 2], [1, 1, 1])

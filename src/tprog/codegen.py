@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from tprog import ir
+from tprog.codegen_template import BOUND_NAMES, RUNTIME_FILE, RUNTIME_SOURCE
 from tprog.codegen_template import TEMPLATE as _TEMPLATE
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
@@ -36,16 +37,11 @@ _KINDS = (
 _counter = itertools.count()
 
 # Every name the template defines or `program` uses: program names must not shadow them.
-_RESERVED = frozenset(re.findall(r"^(?:def )?([A-Za-z_]\w*)(?: =|\()", _TEMPLATE, re.M)) | {
-    "json",
+_RESERVED = frozenset(re.findall(r"^([A-Za-z_]\w*) =", _TEMPLATE, re.M)) | {
+    *BOUND_NAMES,
+    "importlib",
     "Path",
-    "TERMS",
-    "TOKEN_VALUED",
     "program",
-    "np",
-    "n",
-    "a",
-    "b",
 }
 
 
@@ -368,8 +364,10 @@ def _summary(program: ir.Program, weights_file: str, header: str) -> str:
             f"Usage: run(tokens) -> list[str], one label per token, e.g. run([{example}]);",
             "run_batch(inputs) -> list[list[str]] runs many inputs at once, with numpy.",
             "Bad input (empty, too long, padding, unknown token) raises ValueError.",
-            f"Vocabulary, labels and classifier weights are read once from {weights_file!r}",
-            "next to this file. Standard library only (run_batch imports numpy); prints nothing.",
+            f"Needs two files beside it: {RUNTIME_FILE!r}, the helpers and run/run_batch (the",
+            f"runtime, the same in every tprog program), and {weights_file!r}, its vocabulary,",
+            "labels and classifier weights. Standard library only (run_batch imports numpy);",
+            "prints nothing.",
         ]
     )
 
@@ -386,6 +384,9 @@ def _weights_json(gen: _Gen) -> str:
         else:
             raise ValueError(f"the classifier has no weights for {name!r}.")
     data = {
+        "n_ctx": int(gen.p.n_ctx),
+        "d_var": int(gen.p.d_var),
+        "causal": bool(gen.p.causal),
         "vocab": list(gen.p.vocab),
         "labels": list(clf.labels),
         "unk": gen.p.unk,
@@ -404,9 +405,10 @@ def _weights_json(gen: _Gen) -> str:
 def program_to_python(
     program: ir.Program, *, weights_file: str = "program_weights.json", header: str = ""
 ) -> tuple[str, str]:
-    """Returns (module_source, weights_json_text); the module reads ``weights_file`` (which
-    the caller writes next to it) once, at import."""
-    if weights_file in {"", ".", ".."} or Path(weights_file).name != weights_file:
+    """Returns (module_source, weights_json_text); the module reads ``weights_file`` once, at
+    import, and loads the runtime (RUNTIME_SOURCE), both from files the caller writes beside
+    it (write_program does)."""
+    if weights_file in {"", ".", "..", RUNTIME_FILE} or Path(weights_file).name != weights_file:
         raise ValueError(f"weights_file must be a plain file name, not {weights_file!r}.")
     gen = _Gen(program)
     weights = _weights_json(gen)
@@ -417,10 +419,10 @@ def program_to_python(
         functions.append(source(gen, module, fn) + "\n\n\n")
     slots = {
         "DOC": _docstring(_summary(program, weights_file, header)),
+        "WEIGHTS_NAME": weights_file,
+        "RUNTIME": repr(RUNTIME_FILE),
         "WEIGHTS": repr(weights_file),
-        "N_CTX": repr(int(program.n_ctx)),
-        "D_VAR": repr(int(program.d_var)),
-        "CAUSAL": repr(bool(program.causal)),
+        "BOUND": ", ".join(BOUND_NAMES),
         "FUNCTIONS": "".join(functions),
         "PROGRAM": _program_source(gen),
     }
@@ -428,13 +430,20 @@ def program_to_python(
 
 
 def write_program(program: ir.Program, path: Path, header: str = "") -> None:
-    """Write the module to ``path`` and its weights to ``<stem>_weights.json`` beside it, each
-    atomically (temp file + rename), weights first: the module needs them."""
+    """Write the module to ``path``, its weights to ``<stem>_weights.json`` and the runtime to
+    RUNTIME_FILE beside it, each atomically (temp file + rename), the module last: it needs
+    the other two."""
     path = Path(path)
     weights_file = f"{path.stem}_weights.json"
+    if path.name == RUNTIME_FILE:
+        raise ValueError(f"a program cannot be called {RUNTIME_FILE!r}: that is its runtime.")
     source, weights = program_to_python(program, weights_file=weights_file, header=header)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for target, text in ((path.with_name(weights_file), weights), (path, source)):
+    files = (
+        (path.with_name(weights_file), weights),
+        (path.with_name(RUNTIME_FILE), RUNTIME_SOURCE),
+    )
+    for target, text in (*files, (path, source)):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:

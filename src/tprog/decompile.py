@@ -21,6 +21,7 @@ import numpy as np
 
 from tprog import __version__
 from tprog.codegen import load_program_module, program_to_python, write_program
+from tprog.codegen_template import RUNTIME_FILE, RUNTIME_SOURCE
 from tprog.data import Dataset, build_dataset
 from tprog.errors import FaithfulnessError
 from tprog.extract import model_to_ir
@@ -148,7 +149,8 @@ def _size(raw: Program, program: Program) -> dict[str, Any]:
         "code_lines": {
             "unsimplified": code_lines(program_to_python(raw)[0]),
             "simplified": code_lines(source),
-            "learned": learned_lines(source),  # of the simplified program, without the runtime
+            "learned": learned_lines(source),  # of the simplified program: program() and co.
+            "runtime": code_lines(RUNTIME_SOURCE),  # tprog_runtime.py, beside every program
         },
         "modules": {"unsimplified": module_counts(raw), "simplified": module_counts(program)},
     }
@@ -193,8 +195,9 @@ def _header(
         f"On {checked} of the task's domain ({report.n_inputs:,} inputs): token accuracy "
         f"{report.token_accuracy:.4f}, whole-sequence accuracy {report.sequence_accuracy:.4f}.",
         f"Live: {live}; {lines['simplified']} code lines ({lines['unsimplified']} before "
-        f"simplification), {lines['learned']} of them this program's own and the rest the "
-        "runtime, the same in every tprog program.",
+        f"simplification), {lines['learned']} of them program() and its predicates and tables. "
+        f"The runtime it loads, {RUNTIME_FILE}, the same in every tprog program, has "
+        f"{lines['runtime']}.",
         *_continued_sentence(run),
         *_pruned_sentence(run),
         f"Simplified on {basis.description}: every output there is unchanged"

@@ -43,9 +43,8 @@ def code_lines(source: str) -> int:
 
 
 def learned_lines(source: str) -> int:
-    """Code lines of a generated program's own part: program(), its predicates and tables and
-    the classifier's terms, from ``def program(`` to the runtime (which is the same in every
-    program, and a reader skips it as they would a library)."""
+    """Code lines of a generated program's own part: program(), its predicates and tables,
+    without the imports and the lines that load the runtime."""
     start = source.index("\ndef program(")
     end = source.index(RUNTIME_BANNER)
     return code_lines(source[start:end])

@@ -1,7 +1,8 @@
 """The run directory: atomic writes, and loading that fails with one clear sentence.
 
 ``runs/<name>/``: run.json (format version), config.json (resolved), vocab.json, checkpoint.pt,
-model.pt, metrics.jsonl, timing.jsonl, results.json, program.json, program.py (+ its weights);
+model.pt, metrics.jsonl, timing.jsonl, results.json, program.json, program.py (+ its weights
+and the runtime it loads, tprog_runtime.py);
 continued_from.json in a run that `tprog continue` started from a pruned or refined run.
 """
 

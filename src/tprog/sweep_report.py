@@ -200,8 +200,9 @@ def _programs_table(groups: dict[tuple[str, str], Group]) -> list[str]:
         "## Programs",
         "",
         "The program of each configuration's best seed: code lines of `program.py` (weights, "
-        "comments and docstrings excluded), before → after simplification; how many of "
-        "them are the program's own, not the runtime that every program shares; live heads "
+        "comments and docstrings excluded, and the runtime it loads, the same for every "
+        "program), before → after simplification; how many of them are the program's own "
+        "(`program()`, its predicates and tables: the rest load the runtime); live heads "
         "and MLPs, before → after simplification; token accuracy and inputs with a wrong "
         "label on the inputs `tprog verify` ran; agreement of the simplified program with "
         "the unsimplified one there.",

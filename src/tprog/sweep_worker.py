@@ -65,7 +65,7 @@ class ProgramFigures:
     wrong_inputs: int  # inputs with at least one wrong label
     verified_accuracy: float  # token accuracy on those inputs
     simplified_agreement: float  # simplified vs unsimplified program on those inputs
-    learned_lines: int | None = None  # code lines without the runtime (None: decompiled before)
+    learned_lines: int | None = None  # program() and co. only (None: decompiled before)
 
 
 @dataclass(frozen=True)
