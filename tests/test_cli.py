@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,7 +144,11 @@ def test_bad_training_input_gets_one_clear_sentence(args, message, tmp_path: Pat
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_bad_run_input_gets_one_clear_sentence(run_dir: Path) -> None:
+def test_bad_run_input_gets_one_clear_sentence(run_dir: Path, tmp_path: Path) -> None:
+    lone = tmp_path / "lone"  # a program.py copied without its runtime
+    lone.mkdir()
+    for name in ("program.py", "program_weights.json"):
+        shutil.copy(run_dir / name, lone / name)
     cases = [
         (["run", str(run_dir), "<s>", "9"], "not in the vocabulary"),
         (["run", str(run_dir), "<s>", *["1"] * 8], "context holds 8"),
@@ -152,6 +157,7 @@ def test_bad_run_input_gets_one_clear_sentence(run_dir: Path) -> None:
         (["run", "/nonexistent/run", "<s>"], "does not exist"),
         (["decompile", "/nonexistent/run"], "does not exist"),
         (["eval", "/nonexistent/run"], "does not exist"),
+        (["run", str(lone / "program.py"), "<s>"], "needs 'tprog_runtime.py' beside it"),
     ]
     for args, message in cases:
         result = tprog(*args)

@@ -11,6 +11,7 @@ from typing import Any
 
 from tprog.checkpoint import CHECKPOINT
 from tprog.codegen import load_program_module
+from tprog.codegen_template import RUNTIME_FILE
 from tprog.config import RunConfig, with_post_training, without_post_training
 from tprog.data import Dataset, build_dataset
 from tprog.decompile import PROGRAM_UNSIMPLIFIED_JSON, Outcome, decompile
@@ -237,7 +238,13 @@ def run_tokens(target: Path, tokens: Sequence[str]) -> list[str]:
     if target.suffix == ".py":
         if not target.is_file():
             raise RunDirError(f"program file {str(target)!r} does not exist.")
-        module = load_program_module(target)
+        try:
+            module = load_program_module(target)
+        except FileNotFoundError as exc:  # a program.py copied without the files beside it
+            raise RunDirError(
+                f"program file {str(target)!r} needs {Path(exc.filename).name!r} beside it: "
+                f"copy it with its weights file and {RUNTIME_FILE}, from its run directory."
+            ) from None
         try:
             return list(module.run(list(tokens)))
         except ValueError as exc:  # generated programs reject bad input with ValueError
