@@ -111,10 +111,14 @@ def random_program(seed: int, tokens: tuple[str, ...] = PLAIN, labels=None) -> i
 
 
 def _table(rng, rows: int, cols: int, d_var: int) -> tuple[tuple[int, ...], ...]:
-    """Mostly one value with exceptions, like real tables; sometimes fully random."""
-    if rng.random() < 0.3:
+    """Mostly one value with exceptions, like real tables, or one per row or column; sometimes
+    fully random."""
+    kind = rng.random()
+    if kind < 0.3:
         return tuple(tuple(int(x) for x in row) for row in rng.integers(0, d_var, (rows, cols)))
     base = int(rng.integers(d_var))
+    if kind < 0.5:  # decided by one input but for exceptions: a default per row or column
+        base = rng.integers(0, d_var, (rows, 1)) if kind < 0.4 else rng.integers(0, d_var, cols)
     noisy = rng.random((rows, cols)) < 0.3
     values = np.where(noisy, rng.integers(0, d_var, (rows, cols)), base)
     return tuple(tuple(int(x) for x in row) for row in values)
@@ -432,9 +436,8 @@ def test_generated_source_reads_like_a_program(tmp_path: Path) -> None:
     program = _hand_program()
     source, _ = program_to_python(program)
     assert "def predicate_0_0(q_token, k_token):\n" in source
-    # query values sharing a target merge; the largest group is the final `else`
-    assert "    if q_token == 'c':\n        return k_token == 'b'\n" in source
-    assert "    else:\n        return k_token == 'a'\n" in source
+    # the largest group of query values sharing a target is the fallback; one exception
+    assert "    return k_token == {'c': 'b'}.get(q_token, 'a')\n" in source
     assert "def num_predicate_0_0(q_token, k_token):" in source
     # 'b' targets id 0 (<pad>), which no key ever holds; 'a' and 'c' ask for themselves
     assert (
@@ -443,8 +446,8 @@ def test_generated_source_reads_like_a_program(tmp_path: Path) -> None:
     ) in source
     assert "TABLE_0_0 = {('a', 3): 2}" in source
     assert "return TABLE_0_0.get((token, position), 1)" in source
-    assert "NUM_TABLE_0_0 = {(1, 2): 3}" in source
-    assert "return NUM_TABLE_0_0.get((one, num_attn_0_0), 0)" in source
+    # `ones` is always 1: the table is a function of its other input, printed as a lookup
+    assert "    return {2: 3}.get(num_attn_0_0, 0)\n" in source
     assert "= aggregate(select_closest(tokens, tokens, predicate_0_0), tokens)\n" in source
     assert "= aggregate_sum(select(tokens, tokens, num_predicate_0_0), ones)\n" in source
     assert "    mlp_0_0 = apply(table_0_0, tokens, positions)\n" in source
@@ -598,6 +601,35 @@ def test_a_table_off_its_formula_in_one_entry_stays_a_table() -> None:
     source, _ = program_to_python(_positional_mlp_program(tuple(map(tuple, table))))
     assert "return TABLE_0_0.get((position, attn_0_0), " in source
     assert "min(" not in source.split("def table_0_0")[1].split("\n\n")[0]
+
+
+def test_a_table_decided_mostly_by_one_input_prints_its_defaults(tmp_path: Path) -> None:
+    """Rows of position 0..5: position decides (p % 3), but for two entries."""
+    table = [[a % 3 for b in range(6)] for a in range(6)]
+    table[1][4], table[4][0] = 5, 2
+    program = _positional_mlp_program(tuple(map(tuple, table)))
+    source, _ = program_to_python(program)
+    function = source[source.index("TABLE_0_0 = {") : source.index("\n\n\n# --- The runtime")]
+    assert function == (
+        "TABLE_0_0 = {(1, 4): 5, (4, 0): 2}\n\n\n"
+        "def table_0_0(position, attn_0_0):\n"
+        '    """The table of mlp_0_0."""\n'
+        "    # position decides, but for the pairs in TABLE_0_0\n"
+        "    default = {1: 1, 2: 2, 4: 1, 5: 2}.get(position, 0)\n"
+        "    return TABLE_0_0.get((position, attn_0_0), default)"
+    )
+    _, module = generate(program, tmp_path)
+    assert [[module.table_0_0(a, b) for b in range(6)] for a in range(6)] == table
+    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"], ["<s>"]]
+    assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
+    assert module.run_batch(inputs) == run_program(program, inputs)
+
+
+def test_a_table_of_one_input_is_a_lookup_over_it() -> None:
+    table = tuple(tuple((b * 5) % 6 for b in range(6)) for a in range(6))  # attn_0_0 alone
+    source, _ = program_to_python(_positional_mlp_program(table))
+    assert "    return {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}.get(attn_0_0, 0)\n" in source
+    assert "TABLE_0_0" not in source
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,11 @@ def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: 
         groups.setdefault(body, []).append(query)
     lines = [f"def {fn}({q}, {k}):", f'    """The predicate of {module.name}."""']
     lookup = _lookup(fallback, exceptions, k, q)
-    if len(groups) > 1 and lookup is not None:
+    # One query wanting another key than the rest: one line, like a longer lookup.
+    single = len(exceptions) == 1 and all(
+        body != "return False" and q not in body for body in [fallback, *groups]
+    )
+    if lookup is not None and (len(groups) > 1 or single):
         # Queries wanting different keys: a lookup reads faster than a chain of branches.
         return "\n".join([*lines, *lookup])
     for n, (body, values) in enumerate(groups.items()):
@@ -278,31 +282,69 @@ def _mlp_source(gen: _Gen, module: ir.CatMLP | ir.NumMLP, fn: str) -> str:
     if a == b:
         a, b = f"{a}_a", f"{b}_b"
     entries = _mlp_entries(gen, module)
-    head = [f"def {fn}({a}, {b}):", f'    """The table of {module.name}."""']
     formula = _formula(gen, module, entries, a, b)
     if formula is not None:
-        return "\n".join([*head, f"    return {formula}"])
-    counts = Counter(out for _, _, out in entries)
-    default = min(counts, key=lambda out: (-counts[out], out)) if counts else 0
-    out_lit = {out: gen.lit(module.name, out) for out in counts}
+        return "\n".join([*_table_head(module, fn, a, b), f"    return {formula}"])
+    # One default for the whole table, or one per value of one input when that reads shorter:
+    # many tables depend mostly on one of their inputs.
+    layouts = [_table_source(gen, module, entries, fn, (a, b), None)]
+    if a_name != b_name:
+        layouts += [_table_source(gen, module, entries, fn, (a, b), by) for by in (0, 1)]
+    return min(layouts, key=lambda source: len(source.splitlines()))  # ties: the first
+
+
+def _table_head(module: ir.CatMLP | ir.NumMLP, fn: str, a: str, b: str) -> list[str]:
+    return [f"def {fn}({a}, {b}):", f'    """The table of {module.name}."""']
+
+
+def _table_source(
+    gen: _Gen, module: ir.CatMLP | ir.NumMLP, entries, fn: str, args: tuple[str, str], by
+) -> str:
+    """The table as exceptions to a default: one default for every entry (``by`` None), or
+    one per value of input ``by`` (0 or 1), itself a lookup over that input's values."""
+    out_lit = {out: gen.lit(module.name, out) for *_, out in entries}
+    defaults, default = _defaults(entries, by)
     table = [
-        f"({gen.lit(a_name, x)}, {gen.lit(b_name, y)}): {out_lit[out]}"
+        f"({gen.lit(module.inputs[0], x)}, {gen.lit(module.inputs[1], y)}): {out_lit[out]}"
         for x, y, out in entries
-        if out != default
+        if out != defaults.get(None if by is None else (x, y)[by], default)
     ]
-    default_lit = out_lit.get(default, "0")
+    const, lines = fn.upper(), _table_head(module, fn, *args)
+    fallback = out_lit.get(default, "0")
+    if by is not None:
+        rows = [f"{gen.lit(module.inputs[by], x)}: {out_lit[out]}" for x, out in defaults.items()]
+        closing = f"}}.get({args[by]}, {fallback})"
+        if not table:
+            return "\n".join([*lines, _wrap("return {", rows, closing, "    ")])
+        local = "default" if "default" not in args else "default_"
+        lines.append(f"    # {args[by]} decides, but for the pairs in {const}")
+        lines.append(_wrap(f"{local} = {{", rows, closing, "    "))
+        fallback = local
     if not table:
-        return "\n".join([*head, f"    return {default_lit}"])
-    const = fn.upper()
-    return "\n".join(
-        [
-            _wrap(f"{const} = {{", table, "}"),
-            "",
-            "",
-            *head,
-            f"    return {const}.get(({a}, {b}), {default_lit})",
-        ]
-    )
+        return "\n".join([*lines, f"    return {fallback}"])
+    lookup = f"    return {const}.get(({args[0]}, {args[1]}), {fallback})"
+    return "\n".join([_wrap(f"{const} = {{", table, "}"), "", "", *lines, lookup])
+
+
+def _majority(outputs: list[int]) -> int:
+    """The most common output; of equally common ones, the smallest."""
+    counts = Counter(outputs)
+    return min(counts, key=lambda out: (-counts[out], out))
+
+
+def _defaults(entries: list[tuple[int, int, int]], by: int | None) -> tuple[dict, int]:
+    """({value of input ``by``: its default output}, listing only those that differ from the
+    table's default; the table's default). With ``by`` None, no per-value defaults."""
+    if not entries:
+        return {}, 0
+    if by is None:
+        return {}, _majority([out for *_, out in entries])
+    rows: dict[int, list[int]] = {}
+    for entry in entries:
+        rows.setdefault(entry[by], []).append(entry[2])
+    row_defaults = {value: _majority(outputs) for value, outputs in rows.items()}
+    default = _majority(list(row_defaults.values()))
+    return {value: out for value, out in row_defaults.items() if out != default}, default
 
 
 def _statement(module: ir.Module, fn: str) -> str:
