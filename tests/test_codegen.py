@@ -625,11 +625,20 @@ def test_a_table_decided_mostly_by_one_input_prints_its_defaults(tmp_path: Path)
     assert module.run_batch(inputs) == run_program(program, inputs)
 
 
-def test_a_table_of_one_input_is_a_lookup_over_it() -> None:
+def test_a_table_of_one_input_is_a_lookup_over_it(tmp_path: Path) -> None:
     table = tuple(tuple((b * 5) % 6 for b in range(6)) for a in range(6))  # attn_0_0 alone
     source, _ = program_to_python(_positional_mlp_program(table))
     assert "    return {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}.get(attn_0_0, 0)\n" in source
     assert "TABLE_0_0" not in source
+    # An MLP reading one variable twice sees only (x, x): a lookup over x as well.
+    program = _positional_mlp_program(tuple(tuple(a * 5 % 6 for b in range(6)) for a in range(6)))
+    mlp = dataclasses.replace(program.modules[1], inputs=("positions", "positions"))
+    program = dataclasses.replace(program, modules=(program.modules[0], mlp))
+    source, _ = program_to_python(program)
+    assert "    return {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}.get(position_a, 0)\n" in source
+    _, module = generate(program, tmp_path)
+    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>"]]
+    assert module.run_batch(inputs) == run_program(program, inputs)
 
 
 @pytest.mark.parametrize(

@@ -287,9 +287,10 @@ def _mlp_source(gen: _Gen, module: ir.CatMLP | ir.NumMLP, fn: str) -> str:
         return "\n".join([*_table_head(module, fn, a, b), f"    return {formula}"])
     # One default for the whole table, or one per value of one input when that reads shorter:
     # many tables depend mostly on one of their inputs.
+    # (An MLP reading one variable twice sees only pairs (x, x): a lookup over x.)
     layouts = [_table_source(gen, module, entries, fn, (a, b), None)]
-    if a_name != b_name:
-        layouts += [_table_source(gen, module, entries, fn, (a, b), by) for by in (0, 1)]
+    for by in (0, 1) if a_name != b_name else (0,):
+        layouts.append(_table_source(gen, module, entries, fn, (a, b), by))
     return min(layouts, key=lambda source: len(source.splitlines()))  # ties: the first
 
 
