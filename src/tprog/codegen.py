@@ -317,7 +317,7 @@ def _table_source(
         closing = f"}}.get({args[by]}, {fallback})"
         if not table:
             return "\n".join([*lines, _wrap("return {", rows, closing, "    ")])
-        local = "default" if "default" not in args else "default_"
+        local = next(name for name in ("default", "default_", "default__") if name not in args)
         lines.append(f"    # {args[by]} decides, but for the pairs in {const}")
         lines.append(_wrap(f"{local} = {{", rows, closing, "    "))
         fallback = local
@@ -462,7 +462,6 @@ def program_to_python(
         functions.append(source(gen, module, fn) + "\n\n\n")
     slots = {
         "DOC": _docstring(_summary(program, weights_file, header)),
-        "WEIGHTS_NAME": weights_file,
         "RUNTIME": repr(RUNTIME_FILE),
         "WEIGHTS": repr(weights_file),
         "BOUND": ", ".join(BOUND_NAMES),

@@ -42,7 +42,7 @@ from pathlib import Path
 
 @FUNCTIONS@# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.
 # Its bind() gives the helpers program() calls, and run and run_batch, bound to program() and
-# to this program's vocabulary, labels and classifier weights (@WEIGHTS_NAME@, read here).
+# to this program's vocabulary, labels and classifier weights (the JSON file, read once, here).
 _HERE = Path(__file__).parent
 _SPEC = importlib.util.spec_from_file_location(f"{__name__}_runtime", _HERE / @RUNTIME@)
 _RUNTIME = importlib.util.module_from_spec(_SPEC)
