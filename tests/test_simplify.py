@@ -8,13 +8,14 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.test_equivalence import LABELS, VOCAB, random_inputs, random_models
 from tests.test_induction_circuit import induction_program
-from tprog import ir
+from tprog import ir, tables
 from tprog.data import build_dataset
 from tprog.extract import model_to_ir
 from tprog.interpret import predict_ids
 from tprog.simplify import (
     PASSES,
     Basis,
+    _fill,
     fold_constants,
     readable_predicates,
     remove_dead_modules,
@@ -237,3 +238,21 @@ def test_every_pass_preserves_outputs_on_its_basis(drawn) -> None:
         assert ir.Program.from_json(current.to_json()) == current
     assert simplify(program, basis).meta["simplified_on"] == basis.description
     assert len(current.modules) <= len(program.modules)
+
+
+def test_entries_never_reached_take_the_default_of_their_row_when_rows_decide() -> None:
+    # Reached: rows 0..3 at columns 0..2; row a gives a % 3, but for (1, 2) -> 0. The rest of
+    # the 4 x 6 table is noise no input reaches.
+    rng = np.random.default_rng(0)
+    table = [[int(x) for x in row] for row in rng.integers(0, 6, (4, 6))]
+    pairs = {(a, b) for a in range(4) for b in range(3)}
+    for a, b in pairs:
+        table[a][b] = 0 if (a, b) == (1, 2) else a % 3
+    filled = _fill(tuple(map(tuple, table)), pairs, (0, 0))
+    assert all(filled[a][b] == table[a][b] for a, b in pairs)  # what is reached is kept
+    assert [row[3:] for row in filled] == [(a % 3,) * 3 for a in range(4)]  # rows decide
+    used = [(a, b, filled[a][b]) for a, b in pairs]
+    assert tables.listed(used, 0) == 3  # defaults for rows 1 and 2, and the one exception
+    assert tables.listed(used, None) == tables.listed(used, 1) == 5
+    # When no layout lists fewer items than one default, that is the layout.
+    assert _fill(((1, 2), (2, 1)), {(0, 0), (1, 1)}, (0, 0)) == ((1, 1), (1, 1))

@@ -21,7 +21,7 @@ import types
 from collections import Counter
 from pathlib import Path
 
-from tprog import ir
+from tprog import ir, tables
 from tprog.codegen_template import BOUND_NAMES, RUNTIME_FILE, RUNTIME_SOURCE
 from tprog.codegen_template import TEMPLATE as _TEMPLATE
 
@@ -304,16 +304,16 @@ def _table_source(
     """The table as exceptions to a default: one default for every entry (``by`` None), or
     one per value of input ``by`` (0 or 1), itself a lookup over that input's values."""
     out_lit = {out: gen.lit(module.name, out) for *_, out in entries}
-    defaults, default = _defaults(entries, by)
+    per_value, default = tables.defaults(entries, by)
     table = [
         f"({gen.lit(module.inputs[0], x)}, {gen.lit(module.inputs[1], y)}): {out_lit[out]}"
         for x, y, out in entries
-        if out != defaults.get(None if by is None else (x, y)[by], default)
+        if out != tables.default_of((x, y, out), by, per_value, default)
     ]
     const, lines = fn.upper(), _table_head(module, fn, *args)
     fallback = out_lit.get(default, "0")
     if by is not None:
-        rows = [f"{gen.lit(module.inputs[by], x)}: {out_lit[out]}" for x, out in defaults.items()]
+        rows = [f"{gen.lit(module.inputs[by], x)}: {out_lit[out]}" for x, out in per_value.items()]
         closing = f"}}.get({args[by]}, {fallback})"
         if not table:
             return "\n".join([*lines, _wrap("return {", rows, closing, "    ")])
@@ -325,27 +325,6 @@ def _table_source(
         return "\n".join([*lines, f"    return {fallback}"])
     lookup = f"    return {const}.get(({args[0]}, {args[1]}), {fallback})"
     return "\n".join([_wrap(f"{const} = {{", table, "}"), "", "", *lines, lookup])
-
-
-def _majority(outputs: list[int]) -> int:
-    """The most common output; of equally common ones, the smallest."""
-    counts = Counter(outputs)
-    return min(counts, key=lambda out: (-counts[out], out))
-
-
-def _defaults(entries: list[tuple[int, int, int]], by: int | None) -> tuple[dict, int]:
-    """({value of input ``by``: its default output}, listing only those that differ from the
-    table's default; the table's default). With ``by`` None, no per-value defaults."""
-    if not entries:
-        return {}, 0
-    if by is None:
-        return {}, _majority([out for *_, out in entries])
-    rows: dict[int, list[int]] = {}
-    for entry in entries:
-        rows.setdefault(entry[by], []).append(entry[2])
-    row_defaults = {value: _majority(outputs) for value, outputs in rows.items()}
-    default = _majority(list(row_defaults.values()))
-    return {value: out for value, out in row_defaults.items() if out != default}, default
 
 
 def _statement(module: ir.Module, fn: str) -> str:

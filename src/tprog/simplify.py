@@ -12,10 +12,10 @@ Passes, in order:
   * `remove_dead_modules`: classifier terms that never change a prediction go; then so does
     every module whose variable has no term left and which no live module reads;
   * `restrict_to_reachable`: each variable's values on the basis are recorded
-    (``Variable.values``); MLP table entries of input pairs that never occur take the table's
-    most common output, so tables print as a default and exceptions. (Tables keep their
-    shape: the interpreter evaluates padding positions too, whose inputs may lie anywhere in
-    the derived bounds.)
+    (``Variable.values``); MLP table entries of input pairs that never occur take the default
+    (`tprog.tables`) of the reached ones, so tables print as defaults and a few exceptions.
+    (Tables keep their shape: the interpreter evaluates padding positions too, whose inputs
+    may lie anywhere in the derived bounds.)
   * `readable_predicates`: a predicate that selects the same keys on the basis as
     "matches nothing", ``k == q``, ``k == c`` or ``k == q + c`` becomes exactly that for every
     query value, so the generated code prints one exact line; otherwise the rows that never
@@ -24,12 +24,12 @@ Passes, in order:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tprog import tables
 from tprog.interpret import allowed_keys, classifier_logits, evaluate
 from tprog.ir import NEVER, CatAttention, Module, NumAttention, NumMLP, Program, Variable
 
@@ -236,16 +236,18 @@ def _restrict(module: Module, env: dict, real: np.ndarray) -> Module:
 def _fill(
     table: tuple[tuple[int, ...], ...], pairs: set[tuple[int, int]], lows: tuple[int, int]
 ) -> tuple[tuple[int, ...], ...]:
-    """``table`` with every entry no pair in ``pairs`` reaches set to the most common output
-    of those it reaches (the smallest on ties), so that it prints as a default and exceptions."""
-    used = Counter(table[a - lows[0]][b - lows[1]] for a, b in pairs)
-    default = min(used, key=lambda out: (-used[out], out)) if used else 0
+    """``table`` with every entry no pair in ``pairs`` reaches set to its default in the layout
+    (`tables.LAYOUTS`: one default, or one per value of an input) that describes the reached
+    entries with the fewest exceptions, so that the table prints as that layout."""
+    used = [(a, b, table[a - lows[0]][b - lows[1]]) for a, b in sorted(pairs)]
+    by = min(tables.LAYOUTS, key=lambda layout: tables.listed(used, layout))  # ties: the first
+    per_value, default = tables.defaults(used, by)
     return tuple(
         tuple(
-            out if (row + lows[0], col + lows[1]) in pairs else default
-            for col, out in enumerate(outputs)
+            out if (a, b) in pairs else tables.default_of((a, b, out), by, per_value, default)
+            for b, out in enumerate(outputs, lows[1])
         )
-        for row, outputs in enumerate(table)
+        for a, outputs in enumerate(table, lows[0])
     )
 
 
