@@ -625,6 +625,25 @@ def test_a_table_decided_mostly_by_one_input_prints_its_defaults(tmp_path: Path)
     assert module.run_batch(inputs) == run_program(program, inputs)
 
 
+def test_a_table_with_a_rule_of_its_own_for_one_value_prints_two_lookups(tmp_path: Path) -> None:
+    # position decides (p % 3), but where attn_0_0 is 5 another rule of position does
+    table = tuple(tuple(a * 5 % 6 if b == 5 else a % 3 for b in range(6)) for a in range(6))
+    program = _positional_mlp_program(table)
+    source, _ = program_to_python(program)
+    function = source[source.index("def table_0_0") : source.index("\n\n\n# --- The runtime")]
+    assert function == (
+        "def table_0_0(position, attn_0_0):\n"
+        '    """The table of mlp_0_0."""\n'
+        "    if attn_0_0 == 5:\n"
+        "        return {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}.get(position, 0)\n"
+        "    return {1: 1, 2: 2, 4: 1, 5: 2}.get(position, 0)"
+    )
+    _, module = generate(program, tmp_path)
+    assert tuple(tuple(module.table_0_0(a, b) for b in range(6)) for a in range(6)) == table
+    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"], ["<s>"]]
+    assert module.run_batch(inputs) == run_program(program, inputs)
+
+
 def test_a_table_of_one_input_is_a_lookup_over_it(tmp_path: Path) -> None:
     table = tuple(tuple((b * 5) % 6 for b in range(6)) for a in range(6))  # attn_0_0 alone
     source, _ = program_to_python(_positional_mlp_program(table))

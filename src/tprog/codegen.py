@@ -24,6 +24,7 @@ from pathlib import Path
 from tprog import ir, tables
 from tprog.codegen_template import BOUND_NAMES, RUNTIME_FILE, RUNTIME_SOURCE
 from tprog.codegen_template import TEMPLATE as _TEMPLATE
+from tprog.program_stats import code_lines
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _WIDTH = 100
@@ -285,13 +286,16 @@ def _mlp_source(gen: _Gen, module: ir.CatMLP | ir.NumMLP, fn: str) -> str:
     formula = _formula(gen, module, entries, a, b)
     if formula is not None:
         return "\n".join([*_table_head(module, fn, a, b), f"    return {formula}"])
-    # One default for the whole table, or one per value of one input when that reads shorter:
-    # many tables depend mostly on one of their inputs.
-    # (An MLP reading one variable twice sees only pairs (x, x): a lookup over x.)
+    # One default for the whole table; or a lookup over one input with a rule of its own for
+    # one value of the other; or one default per value of one input: whichever is shortest
+    # (ties: in that order). Many tables depend mostly on one of their inputs. (An MLP reading
+    # one variable twice sees only pairs (x, x): a lookup over x.)
     layouts = [_table_source(gen, module, entries, fn, (a, b), None)]
+    for by in (0, 1) if a_name != b_name else ():
+        layouts += _split_sources(gen, module, entries, fn, (a, b), by)
     for by in (0, 1) if a_name != b_name else (0,):
         layouts.append(_table_source(gen, module, entries, fn, (a, b), by))
-    return min(layouts, key=lambda source: len(source.splitlines()))  # ties: the first
+    return min(layouts, key=code_lines)
 
 
 def _table_head(module: ir.CatMLP | ir.NumMLP, fn: str, a: str, b: str) -> list[str]:
@@ -325,6 +329,35 @@ def _table_source(
         return "\n".join([*lines, f"    return {fallback}"])
     lookup = f"    return {const}.get(({args[0]}, {args[1]}), {fallback})"
     return "\n".join([_wrap(f"{const} = {{", table, "}"), "", "", *lines, lookup])
+
+
+def _split_sources(
+    gen: _Gen, module: ir.CatMLP | ir.NumMLP, entries, fn: str, args: tuple[str, str], by: int
+) -> list[str]:
+    """The table as two lookups over input ``by``: one where the other input holds a value c,
+    one for the rest; for each c that leaves the rest decided by input ``by`` alone (a table
+    with a rule of its own for one special value, such as an end-of-input token)."""
+    other, sources = 1 - by, []
+    for c in sorted({entry[other] for entry in entries}):
+        rest = [entry for entry in entries if entry[other] != c]
+        if not rest or len({(entry[by], entry[2]) for entry in rest}) > len({e[by] for e in rest}):
+            continue  # nothing else, or the rest needs the other input too
+        inside = [entry for entry in entries if entry[other] == c]
+        condition = f"    if {args[other]} == {gen.lit(module.inputs[other], c)}:"
+        lines = [*_table_head(module, fn, *args), condition]
+        for part, indent in ((inside, "        "), (rest, "    ")):
+            per_value, default = tables.defaults(part, by)
+            rows = [
+                f"{gen.lit(module.inputs[by], x)}: {gen.lit(module.name, out)}"
+                for x, out in per_value.items()
+            ]
+            fallback = gen.lit(module.name, default)
+            closing = f"}}.get({args[by]}, {fallback})"
+            lines.append(
+                _wrap("return {", rows, closing, indent) if rows else f"{indent}return {fallback}"
+            )
+        sources.append("\n".join(lines))
+    return sources
 
 
 def _statement(module: ir.Module, fn: str) -> str:
