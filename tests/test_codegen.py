@@ -603,14 +603,33 @@ def test_a_table_off_its_formula_in_one_entry_stays_a_table() -> None:
     assert "min(" not in source.split("def table_0_0")[1].split("\n\n")[0]
 
 
+POSITIONAL_INPUTS = [
+    ["<s>", "a", "1", "b", "2", "a"],
+    ["<s>", "b"],
+    ["<s>", "a", "1", "a"],
+    ["<s>"],
+]
+
+
+def _generated_agrees(program: ir.Program, tmp_path: Path):
+    """The generated module, checked against the interpreter (run and run_batch)."""
+    _, module = generate(program, tmp_path)
+    expected = run_program(program, POSITIONAL_INPUTS)
+    assert [module.run(tokens) for tokens in POSITIONAL_INPUTS] == expected
+    assert module.run_batch(POSITIONAL_INPUTS) == expected
+    return module
+
+
+def _table_source(source: str, start: str) -> str:
+    return source[source.index(start) : source.index("\n\n\n# --- The runtime")]
+
+
 def test_a_table_decided_mostly_by_one_input_prints_its_defaults(tmp_path: Path) -> None:
     """Rows of position 0..5: position decides (p % 3), but for two entries."""
     table = [[a % 3 for b in range(6)] for a in range(6)]
     table[1][4], table[4][0] = 5, 2
     program = _positional_mlp_program(tuple(map(tuple, table)))
-    source, _ = program_to_python(program)
-    function = source[source.index("TABLE_0_0 = {") : source.index("\n\n\n# --- The runtime")]
-    assert function == (
+    assert _table_source(program_to_python(program)[0], "TABLE_0_0 = {") == (
         "TABLE_0_0 = {(1, 4): 5, (4, 0): 2}\n\n\n"
         "def table_0_0(position, attn_0_0):\n"
         '    """The table of mlp_0_0."""\n'
@@ -618,30 +637,23 @@ def test_a_table_decided_mostly_by_one_input_prints_its_defaults(tmp_path: Path)
         "    default = {1: 1, 2: 2, 4: 1, 5: 2}.get(position, 0)\n"
         "    return TABLE_0_0.get((position, attn_0_0), default)"
     )
-    _, module = generate(program, tmp_path)
+    module = _generated_agrees(program, tmp_path)
     assert [[module.table_0_0(a, b) for b in range(6)] for a in range(6)] == table
-    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"], ["<s>"]]
-    assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
-    assert module.run_batch(inputs) == run_program(program, inputs)
 
 
 def test_a_table_with_a_rule_of_its_own_for_one_value_prints_two_lookups(tmp_path: Path) -> None:
     # position decides (p % 3), but where attn_0_0 is 5 another rule of position does
     table = tuple(tuple(a * 5 % 6 if b == 5 else a % 3 for b in range(6)) for a in range(6))
     program = _positional_mlp_program(table)
-    source, _ = program_to_python(program)
-    function = source[source.index("def table_0_0") : source.index("\n\n\n# --- The runtime")]
-    assert function == (
+    assert _table_source(program_to_python(program)[0], "def table_0_0") == (
         "def table_0_0(position, attn_0_0):\n"
         '    """The table of mlp_0_0."""\n'
         "    if attn_0_0 == 5:\n"
         "        return {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}.get(position, 0)\n"
         "    return {1: 1, 2: 2, 4: 1, 5: 2}.get(position, 0)"
     )
-    _, module = generate(program, tmp_path)
+    module = _generated_agrees(program, tmp_path)
     assert tuple(tuple(module.table_0_0(a, b) for b in range(6)) for a in range(6)) == table
-    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"], ["<s>"]]
-    assert module.run_batch(inputs) == run_program(program, inputs)
 
 
 def test_a_table_of_one_input_is_a_lookup_over_it(tmp_path: Path) -> None:
@@ -655,9 +667,7 @@ def test_a_table_of_one_input_is_a_lookup_over_it(tmp_path: Path) -> None:
     program = dataclasses.replace(program, modules=(program.modules[0], mlp))
     source, _ = program_to_python(program)
     assert "    return {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}.get(position_a, 0)\n" in source
-    _, module = generate(program, tmp_path)
-    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>"]]
-    assert module.run_batch(inputs) == run_program(program, inputs)
+    _generated_agrees(program, tmp_path)
 
 
 @pytest.mark.parametrize(
