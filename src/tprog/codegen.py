@@ -338,10 +338,8 @@ def _split_sources(
     one for the rest; for each c that leaves the rest decided by input ``by`` alone (a table
     with a rule of its own for one special value, such as an end-of-input token)."""
     other, sources = 1 - by, []
-    for c in sorted({entry[other] for entry in entries}):
+    for c in tables.special_values(entries, by):
         rest = [entry for entry in entries if entry[other] != c]
-        if not rest or len({(entry[by], entry[2]) for entry in rest}) > len({e[by] for e in rest}):
-            continue  # nothing else, or the rest needs the other input too
         inside = [entry for entry in entries if entry[other] == c]
         condition = f"    if {args[other]} == {gen.lit(module.inputs[other], c)}:"
         lines = [*_table_head(module, fn, *args), condition]

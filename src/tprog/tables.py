@@ -45,3 +45,25 @@ def listed(entries: list[Entry], by: int | None) -> int:
     per_value, default = defaults(entries, by)
     exceptions = sum(entry[2] != default_of(entry, by, per_value, default) for entry in entries)
     return exceptions + len(per_value)
+
+
+def special_values(entries: list[Entry], by: int) -> list[int]:
+    """The values c of the other input such that, without the entries where it holds c, the
+    table is decided by input ``by`` alone; none when it is so without leaving any out. Each
+    value of ``by`` meets each value of the other input once, so leaving out c drops one entry
+    of every row: a row with two outputs allows only the c where the lone one sits."""
+    other = 1 - by
+    rows: dict[int, list[Entry]] = {}
+    for entry in entries:
+        rows.setdefault(entry[by], []).append(entry)
+    allowed: set[int] | None = None  # None: every c, so far
+    for row in rows.values():
+        counts = Counter(out for *_, out in row)
+        if len(counts) == 1:
+            continue
+        row_allows = {entry[other] for entry in row if len(counts) == 2 and counts[entry[2]] == 1}
+        allowed = row_allows if allowed is None else allowed & row_allows
+        if not allowed:
+            return []
+    rest_of = {entry[other] for entry in entries}
+    return sorted(c for c in allowed if rest_of - {c}) if allowed is not None else []
