@@ -254,5 +254,7 @@ def test_entries_never_reached_take_the_default_of_their_row_when_rows_decide() 
     used = [(a, b, filled[a][b]) for a, b in pairs]
     assert tables.listed(used, 0) == 3  # defaults for rows 1 and 2, and the one exception
     assert tables.listed(used, None) == tables.listed(used, 1) == 5
+    # Leaving out column 2 (where (1, 2) -> 0 sits), the reached entries are rows' alone.
+    assert tables.special_values(used, 0) == [2] and tables.special_values(used, 1) == []
     # When no layout lists fewer items than one default, that is the layout.
     assert _fill(((1, 2), (2, 1)), {(0, 0), (1, 1)}, (0, 0)) == ((1, 1), (1, 1))

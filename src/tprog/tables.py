@@ -1,5 +1,6 @@
 """MLP tables as defaults and exceptions: one default for the whole table, or one per value of
-one of its two inputs (a table decided by one input but for a few pairs).
+one of its two inputs (a table decided by one input but for a few pairs); and the values of one
+input where a table has a rule of its own (`special_values`).
 
 Shared by simplification, which gives the entries no input reaches the values that make the
 table's description shortest, and by code generation, which prints that description.
