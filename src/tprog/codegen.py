@@ -317,7 +317,7 @@ def _table_source(
     const, lines = fn.upper(), _table_head(module, fn, *args)
     fallback = out_lit.get(default, "0")
     if by is not None:
-        rows = [f"{gen.lit(module.inputs[by], x)}: {out_lit[out]}" for x, out in per_value.items()]
+        rows = _lookup_items(gen, module, by, per_value)
         closing = f"}}.get({args[by]}, {fallback})"
         if not table:
             return "\n".join([*lines, _wrap("return {", rows, closing, "    ")])
@@ -329,6 +329,16 @@ def _table_source(
         return "\n".join([*lines, f"    return {fallback}"])
     lookup = f"    return {const}.get(({args[0]}, {args[1]}), {fallback})"
     return "\n".join([_wrap(f"{const} = {{", table, "}"), "", "", *lines, lookup])
+
+
+def _lookup_items(
+    gen: _Gen, module: ir.CatMLP | ir.NumMLP, by: int, per_value: dict[int, int]
+) -> list[str]:
+    """``value: output`` items of a lookup over input ``by``, as literals of their types."""
+    return [
+        f"{gen.lit(module.inputs[by], x)}: {gen.lit(module.name, out)}"
+        for x, out in per_value.items()
+    ]
 
 
 def _split_sources(
@@ -345,10 +355,7 @@ def _split_sources(
         lines = [*_table_head(module, fn, *args), condition]
         for part, indent in ((inside, "        "), (rest, "    ")):
             per_value, default = tables.defaults(part, by)
-            rows = [
-                f"{gen.lit(module.inputs[by], x)}: {gen.lit(module.name, out)}"
-                for x, out in per_value.items()
-            ]
+            rows = _lookup_items(gen, module, by, per_value)
             fallback = gen.lit(module.name, default)
             closing = f"}}.get({args[by]}, {fallback})"
             lines.append(
