@@ -13,15 +13,7 @@ RUNTIME_FILE = "tprog_runtime.py"
 RUNTIME_SOURCE = Path(program_runtime.__file__).read_text(encoding="utf-8")
 
 # The names program.py takes from the runtime's bind(), in the order bind() returns them.
-BOUND_NAMES = (
-    "select_closest",
-    "select",
-    "aggregate",
-    "aggregate_sum",
-    "apply",
-    "run",
-    "run_batch",
-)
+BOUND_NAMES = program_runtime.BOUND_NAMES
 
 # Where the program's own part (program(), its predicates and tables) ends.
 RUNTIME_BANNER = "# --- The runtime"
