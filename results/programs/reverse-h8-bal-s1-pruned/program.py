@@ -11,7 +11,7 @@ accuracy 1.0000.
 Live: 17 of 24 categorical heads, 5 of 24 numerical heads, 2 of 3 categorical MLPs, 0 of 3
 numerical MLPs; 92 code lines (194 before simplification), 83 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 228.
+has 231.
 Continued (tprog continue) from the run /work/runs/t1/rev-cont-0.01, which was pruned (30 heads
 and MLPs removed) and refined (15 rounds, round 14 kept); what its model went through is in
 continued_from.json.

@@ -17,22 +17,24 @@ _MOST_SELECTED = 2**22
 _ORDERS = {}  # (n, causal) -> preference_order(n, causal)
 _RANKS = {}  # (n, causal) -> _ranks(n, causal)
 
+# What bind() gives a program, in this order.
+BOUND_NAMES = (
+    "select_closest",
+    "select",
+    "aggregate",
+    "aggregate_sum",
+    "apply",
+    "run",
+    "run_batch",
+)
+
 
 def bind(program, data_file):
-    """The names a program uses, bound to it: (select_closest, select, aggregate,
-    aggregate_sum, apply, run, run_batch). ``program(tokens, positions, ones)`` returns every
-    variable by name; ``data_file`` (JSON) holds the vocabulary, labels, context size and the
-    classifier's weights."""
+    """The names a program uses (BOUND_NAMES), bound to it. ``program(tokens, positions,
+    ones)`` returns every variable by name; ``data_file`` (JSON) holds the vocabulary, labels,
+    context size and the classifier's weights."""
     runtime = Runtime(program, json.loads(Path(data_file).read_text(encoding="utf-8")))
-    return (
-        runtime.select_closest,
-        runtime.select,
-        aggregate,
-        aggregate_sum,
-        runtime.apply,
-        runtime.run,
-        runtime.run_batch,
-    )
+    return tuple(getattr(runtime, name) for name in BOUND_NAMES)
 
 
 def preference_order(n, causal):
@@ -63,6 +65,9 @@ def aggregate_sum(selection, values):
 
 class Runtime:
     """One program's helpers, run and run_batch, over its data (see bind)."""
+
+    aggregate = staticmethod(aggregate)  # the same for every program
+    aggregate_sum = staticmethod(aggregate_sum)
 
     def __init__(self, program, data):
         self.program = program
