@@ -1,5 +1,6 @@
 """The `tprog` command end to end on tiny configs, and its answers to bad input."""
 
+import ast
 import json
 import re
 import shutil
@@ -8,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tprog.codegen import load_program_module
+from tprog.data import build_dataset
+from tprog.rundir import load_run
 
 TINY = ["data.size=300", "train.epochs=3", "model.d_mlp=8", "--quiet"]
 
@@ -91,6 +96,21 @@ def test_run_agrees_between_run_dir_and_program_file(run_dir: Path, tmp_path: Pa
     assert from_ir.returncode == 0 and from_code.returncode == 0, from_ir.stderr + from_code.stderr
     assert from_ir.stdout == from_code.stdout
     assert len(from_ir.stdout.split()) == len(tokens)
+
+
+def test_the_usage_line_shows_a_test_input(run_dir: Path) -> None:
+    """The docstring's example call is an input of the task (from the test split), not a few
+    tokens of the vocabulary, and the program runs it."""
+    docstring = " ".join((run_dir / "program.py").read_text().split('"""')[1].split())
+    shown = ast.literal_eval(re.search(r"e\.g\. run\((\[.*?\])\);", docstring)[1])
+    run = load_run(run_dir)
+    test = build_dataset(run.task, run.config).test
+    tokens = run.vocab.tokens
+    inputs = {
+        tuple(tokens[i] for i in row[:n]) for row, n in zip(test.ids, test.lengths, strict=True)
+    }
+    assert tuple(shown) in inputs and shown[0] == "<s>" and len(shown) <= 8
+    assert len(load_program_module(run_dir / "program.py").run(shown)) == len(shown)
 
 
 def test_eval_reports_model_and_program(run_dir: Path) -> None:

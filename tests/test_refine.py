@@ -126,6 +126,17 @@ def test_the_decompiled_program_is_the_kept_round(reference) -> None:
     assert results["test_accuracy"] == pytest.approx(kept["test_accuracy"])
 
 
+def test_the_program_header_gives_every_rounds_wrong_inputs(reference) -> None:
+    records, kept = read_records(reference), kept_record(reference)
+    docstring = " ".join((reference / "program.py").read_text().split('"""')[1].split())
+    wrong = ", ".join(str(r["n_wrong"]) for r in records)
+    assert (
+        f"Refined after training (train.refine): {len(records) - 1} rounds of training on the "
+        f"inputs the model got wrong; wrong inputs of the whole domain after training and after "
+        f"each round: {wrong}; round {kept['round']} kept."
+    ) in docstring
+
+
 def test_held_out_inputs_are_never_trained_on(reference) -> None:
     run = load_run(reference)
     dataset = build_dataset(run.task, run.config)

@@ -95,7 +95,7 @@ def decompile(
     write_atomic(run.path / PROGRAM_UNSIMPLIFIED_JSON, raw.to_json())
     write_atomic(run.path / PROGRAM_JSON, program.to_json())
     header = _header(run, accuracies, basis, report, size)
-    write_program(program, run.path / PROGRAM_PY, header=header)
+    write_program(program, run.path / PROGRAM_PY, header=header, example=_example(program, dataset))
     agreement = check_agreement(
         predictions, program, load_program_module(run.path / PROGRAM_PY), dataset
     )
@@ -131,6 +131,15 @@ def simplification_basis(run: Run, program: Program, dataset: Dataset) -> Basis:
     lengths = np.concatenate([split.lengths for split in splits])
     beyond = f" (the domain has {size:,})" if size is not None else ""
     return Basis(ids, lengths, f"the {len(ids):,} train/val/test inputs{beyond}")
+
+
+def _example(program: Program, dataset: Dataset, longest: int = 8) -> list[str]:
+    """An input for the program's usage line: the first test input of at most ``longest``
+    tokens, or the shortest one."""
+    split = dataset.test if len(dataset.test.ids) else dataset.train
+    fits = np.flatnonzero(split.lengths <= longest)
+    row = fits[0] if len(fits) else int(np.argmin(split.lengths))
+    return [program.vocab[i] for i in split.ids[row, : split.lengths[row]]]
 
 
 def _agreement(program: Program, predictions: dict[str, np.ndarray], dataset: Dataset) -> float:
@@ -197,9 +206,10 @@ def _header(
         f"Live: {live}; {lines['simplified']} code lines ({lines['unsimplified']} before "
         f"simplification), {lines['learned']} of them program() and its predicates and tables. "
         f"The runtime it loads, {RUNTIME_FILE}, the same in every tprog program, has "
-        f"{lines['runtime']}.",
+        f"{lines['runtime']} code lines.",
         *_continued_sentence(run),
         *_pruned_sentence(run),
+        *_refined_sentence(run),
         f"Simplified on {basis.description}: every output there is unchanged"
         + ("." if basis.whole_domain else "; elsewhere it may differ from the unsimplified one."),
         "Checked equal to the hard model on every train/val/test example.",
@@ -216,6 +226,30 @@ def _pruned_sentence(run: Run) -> list[str]:
     return [
         f"Pruned after training (train.prune): {len(pruning['removed'])} of "
         f"{len(pruning['attempts'])} heads and MLPs removed, {describe_change(pruning)}."
+    ]
+
+
+def _refined_sentence(run: Run) -> list[str]:
+    """A sentence on refinement, when the model was refined: its weights are those of the
+    round kept, trained on inputs beyond the training split."""
+    refinement = refinement_summary(run.path)
+    if refinement is None:
+        return []
+    rounds = refinement["rounds"]
+    domain = rounds[0]["domain"]
+    if len(rounds) == 1:  # nothing to train on
+        wrong = rounds[0]["n_wrong"]
+        why = (
+            f"the {wrong} wrong inputs of the {domain} are all held out (val/test)"
+            if wrong
+            else f"no input of the {domain} was wrong"
+        )
+        return [f"Refinement (train.refine) trained no round: {why}."]
+    wrong = ", ".join(str(record["n_wrong"]) for record in rounds)
+    return [
+        f"Refined after training (train.refine): {len(rounds) - 1} rounds of training on the "
+        f"inputs the model got wrong; wrong inputs of the {domain} after training and after "
+        f"each round: {wrong}; round {refinement['kept_round']} kept."
     ]
 
 
