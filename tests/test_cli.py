@@ -102,7 +102,7 @@ def test_the_usage_line_shows_a_test_input(run_dir: Path) -> None:
     """The docstring's example call is an input of the task (from the test split), not a few
     tokens of the vocabulary, and the program runs it."""
     docstring = " ".join((run_dir / "program.py").read_text().split('"""')[1].split())
-    shown = ast.literal_eval(re.search(r"e\.g\. run\((\[.*?\])\);", docstring)[1])
+    shown = ast.literal_eval(re.search(r"for example run\((\[.*?\])\)", docstring)[1])
     run = load_run(run_dir)
     test = build_dataset(run.task, run.config).test
     tokens = run.vocab.tokens
