@@ -94,7 +94,7 @@ def decompile(
     size = _size(raw, program)
     write_atomic(run.path / PROGRAM_UNSIMPLIFIED_JSON, raw.to_json())
     write_atomic(run.path / PROGRAM_JSON, program.to_json())
-    header = _header(run, accuracies, basis, report, size)
+    header = _header(run, program, accuracies, basis, report, size)
     write_program(program, run.path / PROGRAM_PY, header=header, example=_example(program, dataset))
     agreement = check_agreement(
         predictions, program, load_program_module(run.path / PROGRAM_PY), dataset
@@ -105,6 +105,7 @@ def decompile(
         "agreement": {"unsimplified_ir": raw_agreement, "ir": agreement.ir, "code": agreement.code},
         "n_examples_checked": agreement.n_examples,
         "simplified_on": basis.description,
+        "rewrites_beyond_basis": program.meta.get("rewrites_beyond_basis"),
         "verification": _verification(report),
         "size": size,
         "pruning": pruning_summary(run.path),
@@ -130,7 +131,21 @@ def simplification_basis(run: Run, program: Program, dataset: Dataset) -> Basis:
     ids = np.concatenate([split.ids for split in splits])
     lengths = np.concatenate([split.lengths for split in splits])
     beyond = f" (the domain has {size:,})" if size is not None else ""
-    return Basis(ids, lengths, f"the {len(ids):,} train/val/test inputs{beyond}")
+    description = f"the {len(ids):,} train/val/test inputs{beyond}"
+    return Basis(ids, lengths, description, token_sets=_token_sets(domain, program))
+
+
+def _token_sets(domain, program: Program) -> dict[int, list[list[int]]] | None:
+    """The domain's `position_tokens` as token ids, None where it has none."""
+    if not hasattr(domain, "position_tokens"):
+        return None
+    index = {token: i for i, token in enumerate(program.vocab)}
+    unk = index.get(program.unk) if program.unk is not None else None
+    return {
+        length: [sorted({index.get(token, unk) for token in tokens} - {None}) for tokens in sets]
+        for length, sets in domain.position_tokens().items()
+        if length <= program.n_ctx
+    }
 
 
 def _example(program: Program, dataset: Dataset, longest: int = 8) -> list[str]:
@@ -183,6 +198,7 @@ def _verification(report: VerifyReport) -> dict[str, Any]:
 
 def _header(
     run: Run,
+    program: Program,
     accuracies: dict[str, float],
     basis: Basis,
     report: VerifyReport,
@@ -210,11 +226,30 @@ def _header(
         *_continued_sentence(run),
         *_pruned_sentence(run),
         *_refined_sentence(run),
-        f"Simplified on {basis.description}: every output there is unchanged"
-        + ("." if basis.whole_domain else "; elsewhere it may differ from the unsimplified one."),
+        f"Simplified on {basis.description}: every output there is unchanged."
+        + _beyond_basis_sentence(program),
         "Checked equal to the hard model on every train/val/test example.",
     ]
     return "\n".join(textwrap.fill(sentence, width=96) for sentence in sentences)
+
+
+def _beyond_basis_sentence(program: Program) -> str:
+    """Where, beyond a basis that is not the whole domain, the program may differ from the
+    unsimplified one."""
+    rewrites = program.meta.get("rewrites_beyond_basis")
+    if rewrites is None:
+        return ""
+    entries, rows = rewrites["table_entries"], rewrites["predicate_rows"]
+    removed = (
+        " Elsewhere outputs may differ from the unsimplified program's only where a module or"
+        " classifier term it removed would have mattered"
+    )
+    if not entries and not rows:
+        return removed + ": no table entry or predicate row it rewrote can be reached there."
+    return (
+        f"{removed}, or through the {entries:,} table entries and {rows:,} predicate rows it"
+        " rewrote that some input may reach (an upper bound)."
+    )
 
 
 def _pruned_sentence(run: Run) -> list[str]:

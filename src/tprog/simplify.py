@@ -6,9 +6,15 @@ the program records which (``meta["simplified_on"]``). Every pass is checked on 
 predictions at every real position are unchanged (`tests/test_simplify.py`), and ``tprog verify``
 re-checks the simplified program against the unsimplified one.
 
+Beyond a whole domain, `tprog.reachable` bounds what any input can reach: a variable is folded
+only if no input can make it vary, and `simplify` records how many of the rewritten table
+entries and predicate rows some input beyond the basis may reach (``meta["rewrites_beyond_basis"]``,
+an upper bound; where it is 0, only a removed module or term can make the programs differ).
+
 Passes, in order:
-  * `fold_constants`: a head or MLP whose variable holds one value on the whole basis adds the
-    same weight row at every position; that row moves into the ``ones`` term (a per-label bias);
+  * `fold_constants`: a head or MLP whose variable holds one value on the whole basis (and, beyond
+    a whole domain, can hold no other) adds the same weight row at every position; that row
+    moves into the ``ones`` term (a per-label bias);
   * `remove_dead_modules`: classifier terms that never change a prediction go; then so does
     every module whose variable has no term left and which no live module reads;
   * `restrict_to_reachable`: each variable's values on the basis are recorded
@@ -32,6 +38,7 @@ import numpy as np
 from tprog import tables
 from tprog.interpret import allowed_keys, classifier_logits, evaluate
 from tprog.ir import NEVER, CatAttention, Module, NumAttention, NumMLP, Program, Variable
+from tprog.reachable import Reach, TokenSets, any_tokens, reach
 
 _CHUNK = 4096  # inputs per interpreter call: bounds the [chunk, n, n] selections
 
@@ -46,10 +53,19 @@ class Basis:
     # Every input the program can be given: only then is a simplified program equal to its
     # original everywhere, and a difference found later a bug rather than expected.
     whole_domain: bool = False
+    # Otherwise, per input length, the token ids each position may hold (None: any token
+    # anywhere), from which `tprog.reachable` bounds what any input reaches.
+    token_sets: TokenSets | None = None
+
+    def reach(self, program: Program) -> Reach:
+        """What any input can reach: beyond the whole domain, the basis says too little."""
+        return reach(program, self.token_sets or any_tokens(program))
 
 
 def simplify(program: Program, basis: Basis) -> Program:
-    """All passes in order; the result records its basis in ``meta``."""
+    """All passes in order; the result records its basis in ``meta``, and, when the basis is
+    not the whole domain, how many of its rewrites inputs beyond the basis may reach."""
+    original = program
     for simplification in PASSES:
         program = simplification(program, basis)
     meta = {
@@ -57,7 +73,31 @@ def simplify(program: Program, basis: Basis) -> Program:
         "simplified_on": basis.description,
         "simplified_on_whole_domain": basis.whole_domain,
     }
+    if not basis.whole_domain:
+        meta["rewrites_beyond_basis"] = rewrites_beyond_basis(
+            original, program, basis.reach(program)
+        )
     return replace(program, meta=meta)
+
+
+def rewrites_beyond_basis(original: Program, simplified: Program, found: Reach) -> dict[str, int]:
+    """The table entries and predicate rows that simplification changed, and that some input
+    may reach (`tprog.reachable`): only there can the two programs differ. (A removed module
+    or classifier term is decided on the basis alone and not counted here.)"""
+    before = {module.name: module for module in original.modules}
+    entries = rows = 0
+    for module in simplified.modules:
+        if isinstance(module, CatAttention | NumAttention):
+            meets = found.meets[module.name]
+            for q, (old, new) in enumerate(
+                zip(before[module.name].predicate, module.predicate, strict=True)
+            ):
+                selects = [t for t in (old, new) if t != NEVER and 0 <= t < len(meets)]
+                rows += old != new and any(meets[q, t] for t in selects)
+        else:
+            changed = np.array(before[module.name].table) != np.array(module.table)
+            entries += int((changed & found.pairs[module.name]).sum())
+    return {"table_entries": entries, "predicate_rows": rows}
 
 
 def fold_constants(program: Program, basis: Basis) -> Program:
@@ -70,12 +110,13 @@ def fold_constants(program: Program, basis: Basis) -> Program:
     env = _environment(program, basis)
     real = _real_positions(basis)
     reference = _predictions(program, env, real)
+    possible = None if basis.whole_domain else basis.reach(program).values
     for module in program.modules:
         if module.name not in program.classifier.terms:
             continue
         values = np.unique(env[module.name][real])
-        if len(values) != 1:
-            continue
+        if len(values) != 1 or (possible is not None and len(possible[module.name]) != 1):
+            continue  # not constant on the basis, or some input beyond it may tell
         candidate = _folded(program, module.name, int(values[0]))
         if np.array_equal(_predictions(candidate, env, real), reference):
             program = candidate

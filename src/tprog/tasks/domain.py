@@ -25,7 +25,12 @@ TokenRows = list[list[str]]
 
 
 class InputDomain(Protocol):
-    """The inputs of one task under one data config, and the ground truth for each."""
+    """The inputs of one task under one data config, and the ground truth for each.
+
+    A domain may also have ``position_tokens()``: per input length, the tokens each position
+    may hold (as `FramedStrings` has). Where a domain is too large to enumerate, it bounds what
+    simplification may rewrite (`tprog.reachable`); without it, any token may be anywhere.
+    """
 
     def size(self) -> int:
         """How many distinct inputs the domain holds."""
@@ -88,6 +93,17 @@ class FramedStrings:
             self._framed_symbols(row[:length])
             for row, length in zip(digits.tolist(), lengths.tolist(), strict=True)
         ]
+
+    def position_tokens(self) -> dict[int, list[tuple[str, ...]]]:
+        """Per input length (frame included), the tokens each position may hold."""
+        return {
+            len(self.prefix) + length + len(self.suffix): [
+                *((token,) for token in self.prefix),
+                *[self.symbols] * length,
+                *((token,) for token in self.suffix),
+            ]
+            for length in self.lengths
+        }
 
     def targets(self, tokens: Sequence[str]) -> list[str]:
         return self.framed_targets(tokens[len(self.prefix) : len(tokens) - len(self.suffix)])
