@@ -11,13 +11,14 @@ accuracy 0.8929.
 Live: 6 of 12 categorical heads, 7 of 12 numerical heads, 2 of 3 categorical MLPs, 0 of 3
 numerical MLPs; 65 code lines (125 before simplification), 56 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 231.
+has 231 code lines.
 Pruned after training (train.prune): 15 of 30 heads and MLPs removed, val accuracy 0.9889 ->
 0.9859.
 Simplified on the task's whole input domain (32,768 inputs): every output there is unchanged.
 Checked equal to the hard model on every train/val/test example.
 
-Usage: run(tokens) -> list[str], one label per token, e.g. run(['<s>', '(', ')']);
+Usage: run(tokens) -> list[str], one label per token, for example
+    run(['<s>', '(', ')', ')', '(', ')', '(', '(', '(', '(', '(', '(', '(', ')', ')', ')'])
 run_batch(inputs) -> list[list[str]] runs many inputs at once, with numpy.
 Bad input (empty, too long, padding, unknown token) raises ValueError.
 Needs two files beside it: 'tprog_runtime.py', the helpers and run/run_batch (the

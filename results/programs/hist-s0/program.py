@@ -11,11 +11,12 @@ accuracy 0.9994.
 Live: 1 of 2 categorical heads, 2 of 2 numerical heads, 0 of 1 categorical MLPs, 0 of 1
 numerical MLPs; 26 code lines (38 before simplification), 17 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 231.
+has 231 code lines.
 Simplified on the task's whole input domain (335,922 inputs): every output there is unchanged.
 Checked equal to the hard model on every train/val/test example.
 
-Usage: run(tokens) -> list[str], one label per token, e.g. run(['<s>', '0', '1']);
+Usage: run(tokens) -> list[str], one label per token, for example
+    run(['<s>', '5', '1', '2', '3', '1', '3'])
 run_batch(inputs) -> list[list[str]] runs many inputs at once, with numpy.
 Bad input (empty, too long, padding, unknown token) raises ValueError.
 Needs two files beside it: 'tprog_runtime.py', the helpers and run/run_batch (the

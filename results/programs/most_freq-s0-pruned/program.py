@@ -11,13 +11,14 @@ accuracy 0.1053.
 Live: 10 of 12 categorical heads, 11 of 12 numerical heads, 1 of 6 categorical MLPs, 2 of 6
 numerical MLPs; 85 code lines (139 before simplification), 76 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 231.
+has 231 code lines.
 Pruned after training (train.prune): 12 of 36 heads and MLPs removed, val accuracy 0.7528 ->
 0.7478.
 Simplified on the task's whole input domain (335,922 inputs): every output there is unchanged.
 Checked equal to the hard model on every train/val/test example.
 
-Usage: run(tokens) -> list[str], one label per token, e.g. run(['<s>', '0', '1']);
+Usage: run(tokens) -> list[str], one label per token, for example
+    run(['<s>', '5', '1', '2', '3', '1', '3'])
 run_batch(inputs) -> list[list[str]] runs many inputs at once, with numpy.
 Bad input (empty, too long, padding, unknown token) raises ValueError.
 Needs two files beside it: 'tprog_runtime.py', the helpers and run/run_batch (the

@@ -11,14 +11,18 @@ accuracy 1.0000.
 Live: 17 of 24 categorical heads, 5 of 24 numerical heads, 2 of 3 categorical MLPs, 0 of 3
 numerical MLPs; 92 code lines (194 before simplification), 83 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 231.
+has 231 code lines.
 Continued (tprog continue) from the run /work/runs/t1/rev-cont-0.01, which was pruned (30 heads
 and MLPs removed) and refined (15 rounds, round 14 kept); what its model went through is in
 continued_from.json.
+Refined after training (train.refine): 11 rounds of training on the inputs the model got wrong;
+wrong inputs of the whole domain after training and after each round: 3, 15, 17, 5, 4, 7, 3, 2,
+2, 1, 1, 0; round 11 kept.
 Simplified on the task's whole input domain (19,530 inputs): every output there is unchanged.
 Checked equal to the hard model on every train/val/test example.
 
-Usage: run(tokens) -> list[str], one label per token, e.g. run(['<s>', '</s>', '0']);
+Usage: run(tokens) -> list[str], one label per token, for example
+    run(['<s>', '2', '2', '1', '3', '1', '2', '</s>'])
 run_batch(inputs) -> list[list[str]] runs many inputs at once, with numpy.
 Bad input (empty, too long, padding, unknown token) raises ValueError.
 Needs two files beside it: 'tprog_runtime.py', the helpers and run/run_batch (the
