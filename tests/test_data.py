@@ -13,9 +13,9 @@ from tprog.data import (
     encode_split,
     split_sizes,
 )
-from tprog.errors import ConfigError
+from tprog.errors import ConfigError, InputError
 from tprog.tasks import get_task, register_task
-from tprog.vocab import PAD, Vocab
+from tprog.vocab import PAD, Vocab, encode_batch
 
 
 def paper_config(name: str, **overrides: object) -> RunConfig:
@@ -175,3 +175,20 @@ def test_broken_user_generator(returned, message: str) -> None:
         build_dataset(get_task("test_data_broken"), config)
     text = str(info.value)
     assert "'test_data_broken'" in text and text.endswith(".")
+
+
+def test_encoding_names_the_first_problem_in_reading_order() -> None:
+    vocab, n_ctx = ("<pad>", "<s>", "a"), 3
+
+    def problem(sequences, unk=None) -> str:
+        with pytest.raises(InputError) as caught:
+            encode_batch(sequences, vocab, n_ctx, unk)
+        return str(caught.value)
+
+    assert "'b' (position 1) is not in the vocabulary" in problem([["<s>"], ["<s>", "b"], []])
+    assert problem([[], ["<s>", "b"]]) == "the input is empty: give at least one token."
+    # an input's length is checked before its tokens
+    assert "has 4 tokens" in problem([["<s>", "b", "a", "a"]])
+    assert "'<pad>' (position 2) is padding" in problem([["<s>", "a", "<pad>"]], unk="a")
+    ids, lengths = encode_batch([["<s>", "zz"], ["a"]], vocab, n_ctx, unk="a")
+    assert ids.tolist() == [[1, 2], [2, 0]] and lengths.tolist() == [2, 1]

@@ -61,27 +61,41 @@ def encode_batch(
     ``<pad>`` inside an input, and tokens outside the vocabulary (unless ``unk`` is given).
     """
     index = {t: i for i, t in enumerate(vocab)}
-    width = max((len(s) for s in sequences), default=1)
-    ids = np.zeros((len(sequences), max(width, 1)), dtype=np.int64)
-    lengths = np.zeros(len(sequences), dtype=np.int64)
-    for row, sequence in enumerate(sequences):
-        if len(sequence) == 0:
-            raise InputError("the input is empty: give at least one token.")
-        if len(sequence) > n_ctx:
-            raise InputError(
-                f"the input has {len(sequence)} tokens but the model's context holds {n_ctx}."
-            )
-        for col, token in enumerate(sequence):
-            token_id = index.get(token)
-            if token_id is None:
-                if unk is None:
-                    known = ", ".join(repr(t) for t in vocab[1:])
-                    raise InputError(
-                        f"token {token!r} (position {col}) is not in the vocabulary: {known}."
-                    )
-                token_id = index[unk]
-            elif token_id == 0:
-                raise InputError(f"{PAD!r} (position {col}) is padding, not an input token.")
-            ids[row, col] = token_id
-        lengths[row] = len(sequence)
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    # One dictionary lookup per token, then whole-array work: assigning token by token into a
+    # numpy array cost more than the interpreter's whole run on the same inputs.
+    flat = np.fromiter(
+        (index.get(token, -1) for sequence in sequences for token in sequence), dtype=np.int64
+    )
+    bad_length = np.flatnonzero((lengths == 0) | (lengths > n_ctx))
+    bad_token = np.flatnonzero(flat == 0) if unk is not None else np.flatnonzero(flat <= 0)
+    if len(bad_length) or len(bad_token):
+        _raise_first_problem(sequences, lengths, bad_length, bad_token, vocab, n_ctx)
+    if unk is not None:
+        flat[flat < 0] = index[unk]
+    width = max(int(lengths.max(initial=1)), 1)
+    ids = np.zeros((len(sequences), width), dtype=np.int64)
+    ids[np.arange(width)[None, :] < lengths[:, None]] = flat  # row by row, as flat was made
     return ids, lengths
+
+
+def _raise_first_problem(sequences, lengths, bad_length, bad_token, vocab, n_ctx) -> None:
+    """InputError for the first problem in reading order: an input's length comes before its
+    tokens."""
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    token_row = (
+        int(np.searchsorted(starts, bad_token[0], side="right") - 1) if len(bad_token) else None
+    )
+    length_row = int(bad_length[0]) if len(bad_length) else None
+    if token_row is None or (length_row is not None and length_row <= token_row):
+        if lengths[length_row] == 0:
+            raise InputError("the input is empty: give at least one token.")
+        raise InputError(
+            f"the input has {lengths[length_row]} tokens but the model's context holds {n_ctx}."
+        )
+    col = int(bad_token[0] - starts[token_row])
+    token = sequences[token_row][col]
+    if token in vocab:  # known, so it is padding
+        raise InputError(f"{PAD!r} (position {col}) is padding, not an input token.")
+    known = ", ".join(repr(t) for t in vocab[1:])
+    raise InputError(f"token {token!r} (position {col}) is not in the vocabulary: {known}.")
