@@ -98,7 +98,8 @@ def _run(program: Program, length: int, tokens: Sequence[Sequence[int]], found: 
 def _may_select(
     module: CatAttention | NumAttention, cat: dict, allowed: np.ndarray, found: Reach
 ) -> np.ndarray:
-    """``[query, key]`` bool: some query value at i wants some key value at j, j allowed."""
+    """``[query, key]`` bool: some query value at i wants some key value at j, j allowed.
+    Records in ``found`` which query values may see which key values."""
     query, key = cat[module.query], cat[module.key]
     d_var = query.shape[1]
     wants = np.zeros((d_var, d_var), dtype=bool)  # [query value, key value]
