@@ -95,17 +95,22 @@ def _run(program: Program, length: int, tokens: Sequence[Sequence[int]], found: 
     return cat, num
 
 
+def _wants(module: CatAttention | NumAttention, d_var: int) -> np.ndarray:
+    """``[query value, key value]`` bool: the predicate as a matrix."""
+    wants = np.zeros((d_var, d_var), dtype=bool)
+    for q, target in enumerate(module.predicate):
+        if target != NEVER and 0 <= target < d_var:
+            wants[q, target] = True
+    return wants
+
+
 def _may_select(
     module: CatAttention | NumAttention, cat: dict, allowed: np.ndarray, found: Reach
 ) -> np.ndarray:
     """``[query, key]`` bool: some query value at i wants some key value at j, j allowed.
     Records in ``found`` which query values may see which key values."""
     query, key = cat[module.query], cat[module.key]
-    d_var = query.shape[1]
-    wants = np.zeros((d_var, d_var), dtype=bool)  # [query value, key value]
-    for q, target in enumerate(module.predicate):
-        if target != NEVER and 0 <= target < d_var:
-            wants[q, target] = True
+    wants = _wants(module, query.shape[1])
     meets = (query.T.astype(np.int64) @ allowed @ key.astype(np.int64)) > 0  # [d_var, d_var]
     found.meets[module.name] = found.meets.get(module.name, False) | meets
     wanted = (query.astype(np.int64) @ wants) > 0  # [query, key value]
@@ -116,12 +121,9 @@ def _always_selects(module: CatAttention, cat: dict, allowed: np.ndarray) -> np.
     """``[query]`` bool: some allowed key always holds a value every possible query value
     wants, so the head never falls back to BOS."""
     query, key = cat[module.query], cat[module.key]
-    d_var = query.shape[1]
-    unwanted = np.ones((d_var, d_var), dtype=np.int64)  # [query value, key value]
-    for q, target in enumerate(module.predicate):
-        if target != NEVER and 0 <= target < d_var:
-            unwanted[q, target] = 0
-    refused = (query.astype(np.int64) @ unwanted) > 0  # [query, key value]: some q refuses it
+    unwanted = ~_wants(module, query.shape[1])
+    # [query, key value]: some query value possible at i refuses the key value
+    refused = (query.astype(np.int64) @ unwanted.astype(np.int64)) > 0
     fixed = key.sum(1) == 1  # [key]: positions whose key holds one known value
     certain = allowed & fixed[None, :] & ~refused[:, key.argmax(1)]  # [query, key]
     return certain.any(1)
