@@ -14,17 +14,19 @@ import pytest
 from click.testing import CliRunner
 
 from tests.test_cli import tprog
-from tprog import ir
+from tprog import decompile, ir
 from tprog.cli import cli
 from tprog.config import DataConfig
+from tprog.data import build_dataset
 from tprog.errors import RunDirError
 from tprog.interpret import run_program
 from tprog.pipeline import verify_dir
+from tprog.rundir import load_run
 from tprog.tasks import get_task, register_task, task_config
 from tprog.tasks.domain import FramedStrings
 from tprog.tasks.induction import LETTERS, NUMBERS
 from tprog.verify import verify_program
-from tprog.vocab import BOS, PAD
+from tprog.vocab import BOS, PAD, encode_batch
 
 RASP = ["reverse", "sort", "hist", "double_hist", "most_freq", "dyck1", "dyck2"]
 TINY_DATA = {
@@ -387,3 +389,26 @@ def test_verify_answers_bad_input_with_one_sentence(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
     empty_sample = CliRunner().invoke(cli, ["verify", str(tmp_path), "--sample", "0"])
     assert empty_sample.exit_code == 2 and "--sample" in empty_sample.output
+
+
+def test_a_domain_beyond_the_budget_is_sampled_into_the_simplification_basis(
+    run_dir: Path, monkeypatch
+) -> None:
+    run = load_run(run_dir)
+    program = ir.program_from_dict(json.loads((run_dir / "program_unsimplified.json").read_text()))
+    dataset = build_dataset(run.task, run.config)
+    whole = decompile.simplification_basis(run, program, dataset)
+    assert whole.whole_domain and len(whole.ids) == 120
+
+    monkeypatch.setattr(decompile, "SIMPLIFY_MAX_POSITIONS", 20 * program.n_ctx)
+    basis = decompile.simplification_basis(run, program, dataset)
+    splits = sum(len(getattr(dataset, name).ids) for name in decompile.SPLITS)
+    assert not basis.whole_domain and basis.token_sets is not None
+    assert len(basis.ids) == splits + 20
+    assert basis.description.endswith("and 20 drawn uniformly from the domain's 120")
+    rows = {tuple(row) for row in whole.ids.tolist()}  # every input, padded alike
+    assert {tuple(row) for row in basis.ids[splits:].tolist()} <= rows
+    # Not the sample `tprog verify` then checks the program on (its default seed, 0).
+    verified = run.task.input_domain(run.config.data).sample(np.random.default_rng(0), 20)
+    verified_ids, _ = encode_batch(verified, program.vocab, program.n_ctx, program.unk)
+    assert not np.array_equal(basis.ids[splits:], verified_ids)

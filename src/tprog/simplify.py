@@ -56,6 +56,10 @@ class Basis:
     # Otherwise, per input length, the token ids each position may hold (None: any token
     # anywhere), from which `tprog.reachable` bounds what any input reaches.
     token_sets: TokenSets | None = None
+    # The original program's variables on the basis (`_environment`), evaluated once by
+    # `simplify`: no pass changes a surviving variable's value at a real position of the basis,
+    # so every later pass may read them instead of evaluating its input program again.
+    env: dict[str, np.ndarray] | None = None
 
     def reach(self, program: Program) -> Reach:
         """What any input can reach: beyond the whole domain, the basis says too little."""
@@ -66,8 +70,9 @@ def simplify(program: Program, basis: Basis) -> Program:
     """All passes in order; the result records its basis in ``meta``, and, when the basis is
     not the whole domain, how many of its rewrites inputs beyond the basis may reach."""
     original = program
+    evaluated = replace(basis, env=_environment(program, basis))
     for simplification in PASSES:
-        program = simplification(program, basis)
+        program = simplification(program, evaluated)
     meta = {
         **program.meta,
         "simplified_on": basis.description,
@@ -75,7 +80,7 @@ def simplify(program: Program, basis: Basis) -> Program:
     }
     if not basis.whole_domain:
         meta["rewrites_beyond_basis"] = rewrites_beyond_basis(
-            original, program, basis.reach(program)
+            original, program, basis.reach(original)
         )
     return replace(program, meta=meta)
 
@@ -83,7 +88,11 @@ def simplify(program: Program, basis: Basis) -> Program:
 def rewrites_beyond_basis(original: Program, simplified: Program, found: Reach) -> dict[str, int]:
     """The table entries and predicate rows that simplification changed, and that some input
     may reach (`tprog.reachable`): only there can the two programs differ. (A removed module
-    or classifier term is decided on the basis alone and not counted here.)"""
+    or classifier term is decided on the basis alone and not counted here.)
+
+    ``found`` must be what inputs reach in ``original``: up to a module where the two programs
+    first differ on an input, that module's inputs are the original's, which the simplified
+    program's own reach need not include (its upstream tables were rewritten too)."""
     before = {module.name: module for module in original.modules}
     entries = rows = 0
     for module in simplified.modules:
@@ -109,7 +118,8 @@ def fold_constants(program: Program, basis: Basis) -> Program:
         return program  # no bias term to fold into
     env = _environment(program, basis)
     real = _real_positions(basis)
-    reference = _predictions(program, env, real)
+    rows = _classifier_rows(program, env, real)
+    reference = _predictions(program, rows)
     possible = None if basis.whole_domain else basis.reach(program).values
     for module in program.modules:
         if module.name not in program.classifier.terms:
@@ -118,7 +128,7 @@ def fold_constants(program: Program, basis: Basis) -> Program:
         if len(values) != 1 or (possible is not None and len(possible[module.name]) != 1):
             continue  # not constant on the basis, or some input beyond it may tell
         candidate = _folded(program, module.name, int(values[0]))
-        if np.array_equal(_predictions(candidate, env, real), reference):
+        if np.array_equal(_predictions(candidate, rows), reference):
             program = candidate
     return program
 
@@ -130,14 +140,13 @@ def remove_dead_modules(program: Program, basis: Basis) -> Program:
     Latest first, because a module can only become unread once the later ones reading it are
     gone. Input variables keep existing (``run`` computes them) but may lose their term.
     """
-    env = _environment(program, basis)
-    real = _real_positions(basis)
-    reference = _predictions(program, env, real)
+    rows = _classifier_rows(program, _environment(program, basis), _real_positions(basis))
+    reference = _predictions(program, rows)
     produced = {module.name for module in program.modules}
     for name in reversed([var.name for var in program.variables]):
         if name in program.classifier.terms:
             candidate = _without_term(program, name)
-            if np.array_equal(_predictions(candidate, env, real), reference):
+            if np.array_equal(_predictions(candidate, rows), reference):
                 program = candidate
         unused = name not in program.classifier.terms and not _is_read(program, name)
         if name in produced and unused:
@@ -160,12 +169,13 @@ def restrict_to_reachable(program: Program, basis: Basis) -> Program:
 def readable_predicates(program: Program, basis: Basis) -> Program:
     """Each predicate in the simplest form among `_predicate_forms` that selects the same keys
     on the basis; failing all, rows that never select a key on the basis become NEVER."""
-    env = _environment(program, basis)
     variables = {var.name: var for var in program.variables}
+    heads = [m for m in program.modules if isinstance(m, CatAttention | NumAttention)]
+    all_meets = _meets(heads, _environment(program, basis), basis, program)
     modules = []
     for module in program.modules:
         if isinstance(module, CatAttention | NumAttention):
-            meets = _meets(module, env, basis, program)
+            meets = all_meets[module.name]
             forms = _predicate_forms(variables[module.query], variables[module.key], meets)
             module = _simplest_predicate(module, meets, forms)
         modules.append(module)
@@ -186,13 +196,17 @@ PASSES: tuple[Callable[[Program, Basis], Program], ...] = (
 def _environment(program: Program, basis: Basis) -> dict[str, np.ndarray]:
     """Every variable of ``program`` on every basis input: name -> ``[B, n]``, each in the
     smallest integer type that holds it (a whole domain can be hundreds of thousands of inputs
-    times dozens of variables)."""
+    times dozens of variables). Values at padding positions are the original program's when
+    ``basis.env`` holds them: they may differ from ``program``'s, but nothing reads them."""
+    if basis.env is not None:
+        return basis.env
     chunks = []  # each chunk in its own smallest type at once: int64 would not fit in memory
     for s in range(0, len(basis.ids), _CHUNK):
         values = evaluate(program, basis.ids[s : s + _CHUNK], basis.lengths[s : s + _CHUNK])
         chunks.append({name: _smallest(array) for name, array in values.items()})
-    names = chunks[0] if chunks else ()
-    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in names}
+    names = list(chunks[0]) if chunks else []
+    # One variable at a time, each chunk's copy freed as it goes: at most one variable twice.
+    return {name: np.concatenate([chunk.pop(name) for chunk in chunks]) for name in names}
 
 
 def _smallest(array: np.ndarray) -> np.ndarray:
@@ -206,12 +220,42 @@ def _real_positions(basis: Basis) -> np.ndarray:
     return np.arange(basis.ids.shape[1])[None, :] < basis.lengths[:, None]
 
 
-def _predictions(program: Program, env: dict[str, np.ndarray], real: np.ndarray) -> np.ndarray:
-    out = np.empty(real.shape, dtype=np.int64)
-    for s in range(0, len(real), _CHUNK):
-        chunk = {name: values[s : s + _CHUNK].astype(np.int64) for name, values in env.items()}
-        out[s : s + _CHUNK] = classifier_logits(program, chunk).argmax(-1)
-    return out[real]
+def _classifier_rows(
+    program: Program, env: dict[str, np.ndarray], real: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Each distinct row of the classifier's inputs (its terms, ``ones`` and ``tokens``) over
+    the real positions of the basis, as an environment of ``[U, 1]`` int64 arrays.
+
+    A prediction is a function of that row alone, so candidates that only drop or fold terms
+    give the same predictions at every real position iff they do on these rows: on a whole
+    domain, hundreds or thousands of rows rather than millions of positions.
+    """
+    names = sorted({*program.classifier.terms, "ones", "tokens"})
+    at = np.flatnonzero(real.ravel())  # [P]
+    key = np.zeros(len(at), dtype=np.int64)
+    for name in names:  # a mixed-radix number per position, renumbered before it overflows
+        column = env[name].ravel()[at]  # [P], in its smallest type
+        low, span = _range(column)
+        if int(key.max(initial=0)) >= np.iinfo(np.int64).max // span - 1:
+            key = np.unique(key, return_inverse=True)[1]
+        key *= span
+        key += column
+        key -= low
+    first = at[np.unique(key, return_index=True)[1]]  # one position per distinct row
+    return {name: env[name].ravel()[first, None].astype(np.int64) for name in names}
+
+
+def _predictions(program: Program, rows: dict[str, np.ndarray]) -> np.ndarray:
+    """``[U]``: the predicted label id of each classifier row (`_classifier_rows`)."""
+    return classifier_logits(program, rows)[:, 0].argmax(-1)
+
+
+def _range(values: np.ndarray) -> tuple[int, int]:
+    """``(lowest value, number of integers from it to the highest)``; ``(0, 1)`` if empty."""
+    if not values.size:
+        return 0, 1
+    low = int(values.min())
+    return low, int(values.max()) - low + 1
 
 
 # --- dead modules ------------------------------------------------------------------------
@@ -268,8 +312,10 @@ def _folded(program: Program, name: str, value: int) -> Program:
 def _restrict(module: Module, env: dict, real: np.ndarray) -> Module:
     if isinstance(module, CatAttention | NumAttention):
         return module  # `readable_predicates` handles predicates
-    a, b = (env[name][real] for name in module.inputs)
-    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    a, b = (env[name][real].astype(np.int64) for name in module.inputs)
+    low, span = _range(b)
+    codes = np.unique(a * span + (b - low))  # each distinct (a, b) pair once
+    pairs = {(int(code // span), int(code % span) + low) for code in codes}
     lows = module.lows if isinstance(module, NumMLP) else (0, 0)
     return replace(module, table=_fill(module.table, pairs, lows))
 
@@ -296,22 +342,24 @@ def _fill(
 
 
 def _meets(
-    module: CatAttention | NumAttention, env: dict, basis: Basis, program: Program
-) -> np.ndarray:
-    """``[d_var, d_var]`` bool: some real query holding value ``q`` may see (is allowed) a key
-    holding value ``v``. A predicate row ``q -> v`` selects anything on the basis iff
-    ``meets[q, v]``."""
+    heads: list[CatAttention | NumAttention], env: dict, basis: Basis, program: Program
+) -> dict[str, np.ndarray]:
+    """Per head, ``[d_var, d_var]`` bool: some real query holding value ``q`` may see (is
+    allowed) a key holding value ``v``. A predicate row ``q -> v`` selects anything on the
+    basis iff ``meets[q, v]``."""
     d_var, n = program.d_var, basis.ids.shape[1]
-    counts = np.zeros(d_var * d_var, dtype=np.int64)
+    cell_type = np.min_scalar_type(d_var * d_var)
+    meets = {head.name: np.zeros(d_var * d_var, dtype=bool) for head in heads}
     for s in range(0, len(basis.ids), _CHUNK):
         lengths = basis.lengths[s : s + _CHUNK]
         real_query = np.arange(n)[None, :, None] < lengths[:, None, None]
         allowed = allowed_keys(lengths, n, program.causal) & real_query  # [b, n, n]
-        query = env[module.query][s : s + _CHUNK].astype(np.int64)
-        key = env[module.key][s : s + _CHUNK].astype(np.int64)
-        cells = query[:, :, None] * d_var + key[:, None, :]  # [b, n, n]: (q, v) of each pair
-        counts += np.bincount(cells[allowed], minlength=d_var * d_var)
-    return counts.reshape(d_var, d_var) > 0
+        for head in heads:
+            query = env[head.query][s : s + _CHUNK].astype(cell_type)
+            key = env[head.key][s : s + _CHUNK].astype(cell_type)
+            cells = query[:, :, None] * cell_type.type(d_var) + key[:, None, :]  # [b, n, n]
+            meets[head.name][cells[allowed]] = True  # (q, v) of each allowed pair
+    return {name: seen.reshape(d_var, d_var) for name, seen in meets.items()}
 
 
 def _predicate_forms(query: Variable, key: Variable, meets: np.ndarray):

@@ -153,11 +153,12 @@ def plan_inputs(
     size = domain.size()
     if size <= max_inputs:
         return WHOLE_DOMAIN, size, _with_targets(domain, domain.chunks(_ROWS))
-    draws = (domain.sample(rng, rows) for rows in _chunk_sizes(sample))
+    draws = (domain.sample(rng, rows) for rows in chunk_sizes(sample))
     return f"uniform sample of {sample}", size, _with_targets(domain, draws)
 
 
-def _chunk_sizes(total: int) -> Iterator[int]:
+def chunk_sizes(total: int) -> Iterator[int]:
+    """Chunk sizes that add up to ``total``, at most `_ROWS` each."""
     for start in range(0, total, _ROWS):
         yield min(_ROWS, total - start)
 
@@ -171,7 +172,7 @@ def _generated(
     task: Task, data: DataConfig, sample: int, rng: np.random.Generator
 ) -> Iterator[Chunk]:
     # The generator's own targets are the only ground truth a task without a domain has.
-    for rows in _chunk_sizes(sample):
+    for rows in chunk_sizes(sample):
         examples = [task.generate(rng, data) for _ in range(rows)]
         yield [list(x) for x, _ in examples], [list(y) for _, y in examples]
 
