@@ -53,7 +53,7 @@ PROGRAM_UNSIMPLIFIED_JSON = "program_unsimplified.json"
 # uniform sample of the domain of this many positions (500,000 Dyck-2 inputs), a budget that
 # bounds simplification's memory. Train/val/test alone over-represent what the generator
 # favours: a rewrite of what none of them reached changed Dyck-2's outputs on about 1 uniform
-# input in 20,000; with the sample, on none of 1,100,000 further ones.
+# input in 20,000; with the sample, on 1 of 3,100,000 further ones.
 SIMPLIFY_MAX_POSITIONS = 8_000_000
 # The sample's RNG: a child of `tprog.verify`'s default seed 0, so the sample that verify then
 # checks is drawn independently of the basis (and no ``--seed`` of verify repeats it).
