@@ -4,6 +4,7 @@ its numpy `run_batch`), on random models."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -72,3 +73,34 @@ def test_hard_model_equals_interpreter_equals_generated_code(tmp_path: Path, dra
         assert [LABELS[c] for c in from_ir[row, : len(tokens)]] == want
         assert module.run(tokens) == want
         assert batched[row] == want
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_numerical_ranges_are_per_position_sums(causal: bool) -> None:
+    """Each head sums the one before it over the keys it sees (counts, counts of counts, ...).
+    A causal head at position i sees i + 1 keys, so its range is a sum along the sequence, the
+    triangular then tetrahedral numbers, not n times the range before it; a non-causal head's
+    is n times. The last layer's numerical MLP reads the two widest, and its table holds every
+    value the hard model computes (the model raises otherwise)."""
+    n = 4
+    layout = Layout(n_layers=3, n_heads_cat=0, n_heads_num=1, n_mlps_cat=0, n_mlps_num=1)
+    shape = Shape(layout, d_var=len(VOCAB), n_ctx=n, d_mlp=8, n_labels=len(LABELS), causal=causal)
+    model = TransformerProgram(shape, [True] + [False] * 4, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer, block in enumerate(model.blocks):
+            # Numerical variables: ones, then each layer's head. Layer l's head reads
+            # variable l: ones for the first, the head before it for the others.
+            _choose(block.num_attn.read_value.logits, [layer])
+        _choose(model.blocks[-1].num_mlp.read.logits, [3, 2])
+    triangular, tetrahedral = n * (n + 1) // 2, n * (n + 1) * (n + 2) // 6
+    highs = [n, triangular, tetrahedral] if causal else [n, n**2, n**3]
+    assert model.numerical_bounds() == [(1, 1), *((0, high) for high in highs)]
+    ids, lengths = random_inputs(np.random.default_rng(0), n, 2000)
+    model.eval().predict(torch.as_tensor(ids), torch.as_tensor(lengths))
+
+
+def _choose(logits: torch.Tensor, options: list[int]) -> None:
+    """Make row r of a read's logits choose ``options[r]``."""
+    logits.fill_(-10.0)
+    for row, option in enumerate(options):
+        logits[row, option] = 10.0
