@@ -41,6 +41,7 @@ from tprog.ir import NEVER, CatAttention, Module, NumAttention, NumMLP, Program,
 from tprog.reachable import Reach, TokenSets, any_tokens, reach
 
 _CHUNK = 4096  # inputs per interpreter call: bounds the [chunk, n, n] selections
+_ROWS = 1 << 16  # classifier rows per prediction call
 
 
 @dataclass(frozen=True)
@@ -224,30 +225,42 @@ def _classifier_rows(
     program: Program, env: dict[str, np.ndarray], real: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Each distinct row of the classifier's inputs (its terms, ``ones`` and ``tokens``) over
-    the real positions of the basis, as an environment of ``[U, 1]`` int64 arrays.
+    the real positions of the basis, as an environment of ``[U, 1]`` arrays (smallest types).
 
     A prediction is a function of that row alone, so candidates that only drop or fold terms
     give the same predictions at every real position iff they do on these rows: on a whole
     domain, hundreds or thousands of rows rather than millions of positions.
     """
     names = sorted({*program.classifier.terms, "ones", "tokens"})
-    at = np.flatnonzero(real.ravel())  # [P]
-    key = np.zeros(len(at), dtype=np.int64)
+    at = None if real.all() else np.flatnonzero(real.ravel())  # [P]; None: every position
+
+    def column(name: str) -> np.ndarray:  # [P], in its smallest type
+        values = env[name].ravel()
+        return values if at is None else values[at]
+
+    key = np.zeros(real.sum(), dtype=np.int64)
     for name in names:  # a mixed-radix number per position, renumbered before it overflows
-        column = env[name].ravel()[at]  # [P], in its smallest type
-        low, span = _range(column)
+        values = column(name)
+        low, span = _range(values)
         if int(key.max(initial=0)) >= np.iinfo(np.int64).max // span - 1:
-            key = np.unique(key, return_inverse=True)[1]
+            key = np.searchsorted(np.unique(key), key)  # 0..U-1, in the same order
         key *= span
-        key += column
+        key += values
         key -= low
-    first = at[np.unique(key, return_index=True)[1]]  # one position per distinct row
-    return {name: env[name].ravel()[first, None].astype(np.int64) for name in names}
+    first = np.unique(key, return_index=True)[1]  # one position per distinct row
+    first = first if at is None else at[first]
+    return {name: env[name].ravel()[first, None] for name in names}
 
 
 def _predictions(program: Program, rows: dict[str, np.ndarray]) -> np.ndarray:
-    """``[U]``: the predicted label id of each classifier row (`_classifier_rows`)."""
-    return classifier_logits(program, rows)[:, 0].argmax(-1)
+    """``[U]``: the predicted label id of each classifier row (`_classifier_rows`), a chunk
+    at a time: in int64, and with their logits, all rows would not fit in memory."""
+    total = len(rows["ones"])
+    out = np.empty(total, dtype=np.int64)
+    for s in range(0, total, _ROWS):
+        chunk = {name: values[s : s + _ROWS].astype(np.int64) for name, values in rows.items()}
+        out[s : s + _ROWS] = classifier_logits(program, chunk)[:, 0].argmax(-1)
+    return out
 
 
 def _range(values: np.ndarray) -> tuple[int, int]:
