@@ -105,6 +105,20 @@ def test_uniform_sample_covers_the_domain_evenly() -> None:
     assert all(850 < count < 1150 for count in counts.values())  # 1000 expected, sd ~30
 
 
+def test_skewed_samples_stay_in_the_domain_and_hold_extreme_compositions() -> None:
+    domain = get_task("dyck2").input_domain(task_config("dyck2").data)
+    rng = np.random.default_rng(0)
+    skewed, uniform = domain.sample_skewed(rng, 4000), domain.sample(rng, 4000)
+    assert all(len(row) == 16 and row[0] == BOS for row in skewed)  # 15 brackets after <s>
+    assert {token for row in skewed for token in row[1:]} == set(domain.symbols)
+
+    def one_sided(rows) -> int:  # inputs at least 13 of whose 15 brackets are one symbol
+        return sum(max(Counter(row[1:]).values()) >= 13 for row in rows)
+
+    assert one_sided(uniform) == 0  # about 1 input in 300,000
+    assert one_sided(skewed) > 100
+
+
 def test_induction_sample_stays_in_the_domain() -> None:
     domain = get_task("induction").input_domain(task_config("induction").data)
     everything = {tuple(x) for chunk in domain.chunks(50_000) for x in chunk}
@@ -405,7 +419,9 @@ def test_a_domain_beyond_the_budget_is_sampled_into_the_simplification_basis(
     splits = sum(len(getattr(dataset, name).ids) for name in decompile.SPLITS)
     assert not basis.whole_domain and basis.token_sets is not None
     assert len(basis.ids) == splits + 20
-    assert basis.description.endswith("and 20 drawn uniformly from the domain's 120")
+    assert basis.description.endswith(
+        "and 10 drawn uniformly from the domain's 120 and 10 of skewed symbol frequencies"
+    )
     rows = {tuple(row) for row in whole.ids.tolist()}  # every input, padded alike
     assert {tuple(row) for row in basis.ids[splits:].tolist()} <= rows
     # Not the sample `tprog verify` then checks the program on (its default seed, 0).

@@ -14,10 +14,11 @@ predicates and tables. The runtime it loads, tprog_runtime.py, the same in every
 has 231 code lines.
 Pruned after training (train.prune): 15 of 24 heads and MLPs removed, val accuracy 0.9732 ->
 0.9682.
-Simplified on the 20,000 train/val/test inputs and 500,000 drawn uniformly from the domain's
-1,073,741,824: every output there is unchanged. Elsewhere outputs may differ from the
-unsimplified program's only where a module or classifier term it removed would have mattered: no
-table entry or predicate row it rewrote can be reached there.
+Simplified on the 20,000 train/val/test inputs and 250,000 drawn uniformly from the domain's
+1,073,741,824 and 250,000 of skewed symbol frequencies: every output there is unchanged.
+Elsewhere outputs may differ from the unsimplified program's only where a module or classifier
+term it removed would have mattered: no table entry or predicate row it rewrote can be reached
+there.
 Checked equal to the hard model on every train/val/test example.
 
 Usage: run(tokens) -> list[str], one label per token, for example

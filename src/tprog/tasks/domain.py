@@ -94,6 +94,21 @@ class FramedStrings:
             for row, length in zip(digits.tolist(), lengths.tolist(), strict=True)
         ]
 
+    def sample_skewed(self, rng: np.random.Generator, n: int) -> TokenRows:
+        """``n`` inputs of lengths drawn as `sample` draws them, each of whose symbols are drawn
+        with frequencies of its own (uniform over the simplex): inputs of extreme composition
+        (all but one symbol the same, say), which a uniform sample almost never holds."""
+        weights = np.array([float(len(self.symbols)) ** k for k in self.lengths])
+        lengths = rng.choice(np.array(self.lengths), size=n, p=weights / weights.sum())
+        frequencies = rng.dirichlet(np.ones(len(self.symbols)), size=n)  # [n, |symbols|]
+        cumulative = frequencies.cumsum(1)[:, None, :-1]  # [n, 1, |symbols| - 1]
+        draws = rng.random((n, max(self.lengths), 1))
+        digits = (draws >= cumulative).sum(-1)  # [n, longest]: inverse-CDF sampling
+        return [
+            self._framed_symbols(row[:length])
+            for row, length in zip(digits.tolist(), lengths.tolist(), strict=True)
+        ]
+
     def position_tokens(self) -> dict[int, list[tuple[str, ...]]]:
         """Per input length (frame included), the tokens each position may hold."""
         return {
