@@ -29,7 +29,9 @@ class InputDomain(Protocol):
 
     A domain may also have ``position_tokens()``: per input length, the tokens each position
     may hold (as `FramedStrings` has). Where a domain is too large to enumerate, it bounds what
-    simplification may rewrite (`tprog.reachable`); without it, any token may be anywhere.
+    simplification may rewrite (`tprog.reachable`); without it, any token may be anywhere. And
+    ``sample_skewed(rng, n)``: inputs of extreme composition, which simplification's basis then
+    holds besides a uniform sample (`decompile.simplification_basis`).
     """
 
     def size(self) -> int:
@@ -86,8 +88,7 @@ class FramedStrings:
     def sample(self, rng: np.random.Generator, n: int) -> TokenRows:
         # A length with probability proportional to its number of strings, then uniform symbols:
         # every string of the domain is equally likely.
-        weights = np.array([float(len(self.symbols)) ** k for k in self.lengths])
-        lengths = rng.choice(np.array(self.lengths), size=n, p=weights / weights.sum())
+        lengths = self._draw_lengths(rng, n)
         digits = rng.integers(0, len(self.symbols), size=(n, max(self.lengths)))
         return [
             self._framed_symbols(row[:length])
@@ -98,8 +99,7 @@ class FramedStrings:
         """``n`` inputs of lengths drawn as `sample` draws them, each of whose symbols are drawn
         with frequencies of its own (uniform over the simplex): inputs of extreme composition
         (all but one symbol the same, say), which a uniform sample almost never holds."""
-        weights = np.array([float(len(self.symbols)) ** k for k in self.lengths])
-        lengths = rng.choice(np.array(self.lengths), size=n, p=weights / weights.sum())
+        lengths = self._draw_lengths(rng, n)
         frequencies = rng.dirichlet(np.ones(len(self.symbols)), size=n)  # [n, |symbols|]
         cumulative = frequencies.cumsum(1)[:, None, :-1]  # [n, 1, |symbols| - 1]
         draws = rng.random((n, max(self.lengths), 1))
@@ -108,6 +108,11 @@ class FramedStrings:
             self._framed_symbols(row[:length])
             for row, length in zip(digits.tolist(), lengths.tolist(), strict=True)
         ]
+
+    def _draw_lengths(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``[n]`` content lengths, each as likely as its share of the domain's strings."""
+        weights = np.array([float(len(self.symbols)) ** k for k in self.lengths])
+        return rng.choice(np.array(self.lengths), size=n, p=weights / weights.sum())
 
     def position_tokens(self) -> dict[int, list[tuple[str, ...]]]:
         """Per input length (frame included), the tokens each position may hold."""
