@@ -148,15 +148,14 @@ def simplification_basis(run: Run, program: Program, dataset: Dataset) -> Basis:
     # Half uniform, half of skewed composition where the domain can draw those: extreme
     # counts (a Dyck-2 prefix of 14 opening brackets) are rare in a uniform sample, and a
     # table entry only they reach made dyck2's program differ from its original.
-    skewed = drawn // 2 if hasattr(domain, "sample_skewed") else 0
+    sample_skewed = getattr(domain, "sample_skewed", None)
+    skewed = drawn // 2 if sample_skewed else 0
     rng = np.random.default_rng(_BASIS_SEED)
+    draws = [(domain.sample, drawn - skewed), (sample_skewed, skewed)]
     sampled = [
-        encode_batch(rows, program.vocab, program.n_ctx, program.unk)
-        for draw, total in (
-            (domain.sample, drawn - skewed),
-            (getattr(domain, "sample_skewed", None), skewed),
-        )
-        for rows in (draw(rng, n) for n in chunk_sizes(total))
+        encode_batch(draw(rng, n), program.vocab, program.n_ctx, program.unk)
+        for draw, total in draws
+        for n in chunk_sizes(total)
     ]
     ids, lengths = _stacked([(ids, lengths), *sampled])
     description += f" and {drawn - skewed:,} drawn uniformly from the domain's {size:,}"

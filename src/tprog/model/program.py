@@ -165,10 +165,8 @@ class TransformerProgram(nn.Module):
         make an MLP reading two of them a table of 16.8M entries instead of 667k.
         """
         n = self.shape.n_ctx
-        # [n, n]: key j is visible from query i
-        visible = torch.ones(n, n, dtype=torch.bool)
-        if self.shape.causal:
-            visible = visible.tril()
+        # [n, n]: key j is visible from query i in an input that fills the context
+        visible = allowed_keys(torch.tensor([n]), n, self.shape.causal)[0, 0]
         ones = torch.ones(n, dtype=torch.int64)
         ranges = [(ones, ones)]  # per variable: (lows [n], highs [n]) over query positions
         for block in self.blocks:
