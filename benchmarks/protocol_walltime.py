@@ -1,7 +1,10 @@
 """Wall time of the whole paper protocol for one task: data, 250 epochs, decompiling and the
 faithfulness check on every example, as a user runs it (`tprog train sort`).
 
-    python benchmarks/protocol_walltime.py [--task sort] [KEY=VALUE ...]
+    python benchmarks/protocol_walltime.py [--task sort] [--out DIR] [KEY=VALUE ...]
+
+``--out`` keeps the run there (for `benchmarks/program_throughput.py --run DIR`, say); without
+it the run goes to a temporary directory and is deleted.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from _common import emit
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", default="sort")
+    parser.add_argument("--out", type=Path, help="keep the run in this new directory")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / args.task
+        out = args.out or Path(tmp) / args.task
         started = time.perf_counter()
         command = [sys.executable, "-m", "tprog", "train", args.task, "--out", str(out), "--quiet"]
-        subprocess.run([*command, *args.overrides], check=True, capture_output=True)
+        finished = subprocess.run([*command, *args.overrides], capture_output=True, text=True)
+        if finished.returncode:
+            sys.exit(f"tprog train failed:\n{finished.stderr.strip()}")
         seconds = time.perf_counter() - started
         results = json.loads((out / "results.json").read_text())
         timing = (out / "timing.jsonl").read_text().splitlines()
