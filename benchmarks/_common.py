@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,3 +24,12 @@ def emit(benchmark: str, **figures: object) -> None:
     }
     print(json.dumps(record, sort_keys=True))
     sys.stdout.flush()
+
+
+def train_run(task: str, out: Path, *overrides: str) -> None:
+    """`tprog train TASK --out OUT KEY=VALUE...` in a child process, quietly; if it fails, exit
+    with its error message (which ``--quiet`` would otherwise hide)."""
+    command = [sys.executable, "-m", "tprog", "train", task, "--out", str(out), "--quiet"]
+    finished = subprocess.run([*command, *overrides], capture_output=True, text=True)
+    if finished.returncode:
+        sys.exit(f"tprog train failed:\n{finished.stderr.strip()}")

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import resource
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from _common import emit
+from _common import emit, train_run
 
 
 def main() -> None:
@@ -23,9 +21,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "tprog", "train", args.task, "--quiet"]
-        command += ["--out", str(Path(tmp) / "run"), *args.overrides]
-        subprocess.run(command, check=True, capture_output=True)
+        train_run(args.task, Path(tmp) / "run", *args.overrides)
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     emit(
         "peak_memory",

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import emit
+from _common import emit, train_run
 
 from tprog.codegen import load_program_module
 from tprog.config import RunConfig
@@ -87,8 +85,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "sort"
-        command = [sys.executable, "-m", "tprog", "train", "sort", "train.epochs=30", "--quiet"]
-        subprocess.run([*command, "--out", str(run_dir)], check=True, capture_output=True)
+        train_run("sort", run_dir, "train.epochs=30")
         measure(run_dir, args.n, args.repeat)
 
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import emit
+from _common import emit, train_run
 
 
 def main() -> None:
@@ -29,10 +27,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / args.task
         started = time.perf_counter()
-        command = [sys.executable, "-m", "tprog", "train", args.task, "--out", str(out), "--quiet"]
-        finished = subprocess.run([*command, *args.overrides], capture_output=True, text=True)
-        if finished.returncode:
-            sys.exit(f"tprog train failed:\n{finished.stderr.strip()}")
+        train_run(args.task, out, *args.overrides)
         seconds = time.perf_counter() - started
         results = json.loads((out / "results.json").read_text())
         timing = (out / "timing.jsonl").read_text().splitlines()
