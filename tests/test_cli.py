@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,8 +19,16 @@ TINY = ["data.size=300", "train.epochs=3", "model.d_mlp=8", "--quiet"]
 
 
 def tprog(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``tprog ARGS`` in a subprocess, with the two torch threads of the tests in this one
+    (conftest): a CLI run must follow the trajectory an in-process run of the tests does."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
     return subprocess.run(
-        [sys.executable, "-m", "tprog", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "tprog", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
     )
 
 

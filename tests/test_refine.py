@@ -15,8 +15,8 @@ from tprog.data import build_dataset
 from tprog.domain_check import check_domain
 from tprog.errors import ConfigError, RunDirError
 from tprog.model import sampling
-from tprog.pipeline import load_program, resume_and_decompile, train_and_decompile
-from tprog.refine import BEST, COUNTEREXAMPLES, REFINEMENT, read_records
+from tprog.pipeline import continue_run, load_program, resume_and_decompile, train_and_decompile
+from tprog.refine import BEST, COUNTEREXAMPLES, INHERITED, REFINEMENT, read_records
 from tprog.rundir import load_run, read_log
 from tprog.tasks import task_config
 from tprog.verify import verify_program
@@ -236,3 +236,60 @@ def test_the_cli_reports_each_round_and_the_round_kept(tmp_path) -> None:
     wrong = " -> ".join(str(r["n_wrong"]) for r in records)
     kept = json.loads((tmp_path / "hist" / "results.json").read_text())["refinement"]["kept_round"]
     assert f"refinement: inputs wrong after each round {wrong}; kept round {kept}" in result.stdout
+
+
+def test_a_continued_run_starts_from_the_counterexamples_of_its_chain(
+    reference, tmp_path, monkeypatch
+) -> None:
+    """Refined, continued and refined again, twice: each run's rounds train on the
+    counterexamples of every run before it in the chain as well as their own; with
+    train.refine_inherit=false, on their own alone."""
+    real, trained_on = refine_module._with_counterexamples, []
+
+    def recording(dataset, added, repeat, device):
+        trained_on.append({tuple(inputs) for inputs, _ in added})
+        return real(dataset, added, repeat, device)
+
+    monkeypatch.setattr(refine_module, "_with_counterexamples", recording)
+    again = {"train.refine": 1, "train.refine_epochs": 1, "train.refine_tau": 1.0}
+    first = {
+        tuple(x) for record in read_log(reference / COUNTEREXAMPLES) for x, _ in record["examples"]
+    }
+
+    second = tmp_path / "second"
+    continue_run(reference, second, again, progress=False)
+    inherited = read_log(second / INHERITED)
+    assert [record["run"] for record in inherited] == [str(reference.resolve())]
+    assert {tuple(x) for x, _ in inherited[0]["examples"]} == first
+    assert {r["n_inherited"] for r in read_records(second)} == {len(first)}
+    assert trained_on[-1] >= first, "the first round of the continued run trains on them"
+    own = {tuple(x) for record in read_log(second / COUNTEREXAMPLES) for x, _ in record["examples"]}
+    assert trained_on[-1] == first | own
+
+    third = tmp_path / "third"
+    continue_run(second, third, again, progress=False)
+    runs = [record["run"] for record in read_log(third / INHERITED)]
+    assert runs == [str(reference.resolve()), str(second.resolve())][: 1 + bool(own)]
+    assert trained_on[-1] >= first | own
+    docstring = " ".join((third / "program.py").read_text().split())
+    n_inherited = read_records(third)[0]["n_inherited"]
+    assert f"and the {n_inherited} of the runs it continued from;" in docstring
+
+    alone = tmp_path / "alone"
+    continue_run(reference, alone, {**again, "train.refine_inherit": False}, progress=False)
+    assert {r["n_inherited"] for r in read_records(alone)} == {0}
+    mine = {tuple(x) for record in read_log(alone / COUNTEREXAMPLES) for x, _ in record["examples"]}
+    assert trained_on[-1] == mine
+
+
+def test_inherited_counterexamples_that_this_run_holds_out_are_left_out(tmp_path) -> None:
+    source = refined_run(tmp_path / "hist", **{"train.refine": 1, "train.refine_holdout": False})
+    dataset = build_dataset(load_run(source).task, load_run(source).config)
+    held_out = {tuple(x) for split in (dataset.val, dataset.test) for x in split.inputs}
+    logged = {
+        tuple(x) for record in read_log(source / COUNTEREXAMPLES) for x, _ in record["examples"]
+    }
+    assert logged & held_out, "the source should have trained on held-out inputs"
+    out = tmp_path / "held-out"
+    continue_run(source, out, {"train.refine": 1, "train.refine_epochs": 1}, progress=False)
+    assert read_records(out)[0]["n_inherited"] == len(logged - held_out)

@@ -109,6 +109,11 @@ class TrainConfig(_Section):
         True,
         description="never train on val/test inputs, so that test accuracy stays held out",
     )
+    refine_inherit: bool = Field(
+        True,
+        description="in a run continued from a refined one (tprog continue), also train on the "
+        "counterexamples of every earlier run of the chain",
+    )
     refine_noise: bool = Field(
         True,
         description="Gumbel noise in refinement rounds, as in training; false: each choice is "

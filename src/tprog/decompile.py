@@ -317,10 +317,12 @@ def _refined_sentence(run: Run) -> list[str]:
         )
         return [f"Refinement (train.refine) trained no round: {why}."]
     wrong = ", ".join(str(record["n_wrong"]) for record in rounds)
+    inherited = rounds[0].get("n_inherited", 0)  # older logs do not count them: none
+    also = f" and the {inherited} of the runs it continued from" if inherited else ""
     return [
         f"Refined after training (train.refine): {len(rounds) - 1} rounds of training on the "
-        f"inputs the model got wrong; wrong inputs of the {domain} after training and after "
-        f"each round: {wrong}; round {refinement['kept_round']} kept."
+        f"inputs the model got wrong{also}; wrong inputs of the {domain} after training and "
+        f"after each round: {wrong}; round {refinement['kept_round']} kept."
     ]
 
 

@@ -20,7 +20,7 @@ from tprog.faithful import rows_agree
 from tprog.interpret import predict_ids, run_program
 from tprog.ir import Program
 from tprog.prune import PRUNING, prune, pruning_summary, removed_modules
-from tprog.refine import REFINEMENT, refine, refinement_summary
+from tprog.refine import INHERITED, REFINEMENT, inheritance, refine, refinement_summary
 from tprog.rundir import (
     CONFIG,
     LINEAGE,
@@ -127,8 +127,9 @@ def continue_run(
     it starts from the model of ``source``'s program instead, with the stages set only by
     ``overrides``: refine, then prune, then refine again is a chain of continued runs. What the
     model went through before is recorded in continued_from.json (``source``'s config and
-    stage results, and its own record if it too was continued), and the modules ``source``
-    had removed stay removed.
+    stage results, and its own record if it too was continued), the modules ``source`` had
+    removed stay removed, and the counterexamples of every refinement in the chain are the
+    new run's to start from (`tprog.refine`, ``train.refine_inherit``).
     """
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve():
@@ -155,6 +156,11 @@ def continue_run(
         write_json(out / LINEAGE, lineage)
     elif (source / LINEAGE).is_file():  # source continued one and added no stage of its own
         shutil.copyfile(source / LINEAGE, out / LINEAGE)
+    inherited = inheritance(source)  # the counterexamples of the chain so far
+    if inherited:
+        write_atomic(
+            out / INHERITED, "".join(json.dumps(r, sort_keys=True) + "\n" for r in inherited)
+        )
     write_atomic(out / CONFIG, new_config.to_json())
     save_torch_file(out / CHECKPOINT, {**blob, "config": new_config.to_json()})
     run = train(new_config, out, progress=progress, dataset=dataset, resume=True)

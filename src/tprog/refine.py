@@ -28,6 +28,11 @@ model as trained); results.json repeats them and names the round kept.
 A round checkpoints only at its end, and its new counterexamples are a deterministic function of
 the model at its start; those of earlier rounds are kept in ``refinement_inputs.jsonl``. So a
 resumed run repeats an interrupted round exactly.
+
+A run continued from a refined one (``tprog continue``: refine, prune, refine again) starts from
+the counterexamples of every run in its chain, kept in ``refinement_inherited.jsonl`` (with
+``train.refine_inherit``, the default): pruning changes the model, and the inputs it used to get
+wrong are the likeliest to break again. Held-out inputs stay out of them as of this run's config.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from tprog.train import (
 REFINEMENT = "refinement.jsonl"
 BEST = "refinement_best.pt"  # the weights of the best round so far
 COUNTEREXAMPLES = "refinement_inputs.jsonl"  # per round: the wrong inputs it added
+INHERITED = "refinement_inherited.jsonl"  # per earlier run of a chain: its counterexamples
 
 
 def refine(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str, Any]]:
@@ -108,8 +114,11 @@ class _Rounds:
         self.best = _Best.resume(run.path)
         # every counterexample so far, in the order found, keyed by its input
         self.counterexamples: dict[tuple[str, ...], Example] = {}
-        for number, record in enumerate(read_log(run.path / COUNTEREXAMPLES), 1):
-            self._add(_logged_examples(record, run.path / COUNTEREXAMPLES, number))
+        if self.cfg.refine_inherit:
+            inherited = read_counterexamples(run.path / INHERITED)
+            self._add([ex for ex in inherited if tuple(ex[0]) not in self.held_out])
+        self.n_inherited = len(self.counterexamples)
+        self._add(read_counterexamples(run.path / COUNTEREXAMPLES))
 
     def _add(self, examples: list[Example]) -> list[Example]:
         new = [ex for ex in examples if tuple(ex[0]) not in self.counterexamples]
@@ -134,6 +143,7 @@ class _Rounds:
             "n_wrong": len(check.wrong),
             "n_wrong_trainable": len(trainable),  # outside val/test, with refine_holdout
             "n_added": len(new),  # wrong inputs no earlier round found
+            "n_inherited": self.n_inherited,  # counterexamples of the runs continued from
             # what the next round trains on (with the training split)
             "n_counterexamples": 0 if last else len(self.counterexamples),
         }
@@ -226,6 +236,26 @@ def _with_counterexamples(
         stacked(train.target_ids, extra.target_ids),
         stacked(train.lengths, extra.lengths),
     )
+
+
+def read_counterexamples(path: Path) -> list[Example]:
+    """Every ``(inputs, targets)`` pair of a counterexample log, in the order logged (none if
+    there is no log)."""
+    return [
+        example
+        for number, record in enumerate(read_log(path), 1)
+        for example in _logged_examples(record, path, number)
+    ]
+
+
+def inheritance(source: Path) -> list[dict[str, Any]]:
+    """The records of ``refinement_inherited.jsonl`` for a run continued from ``source``:
+    what ``source`` inherited, then ``source``'s own counterexamples, if it has any."""
+    records = read_log(source / INHERITED)
+    own = read_counterexamples(source / COUNTEREXAMPLES)
+    if own:
+        records.append({"run": str(source.resolve()), "examples": [list(ex) for ex in own]})
+    return records
 
 
 def _logged_examples(record: dict[str, Any], path: Path, number: int) -> list[Example]:
