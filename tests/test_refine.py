@@ -2,6 +2,7 @@
 trained on, results recorded, and an interrupted refinement resumes to the identical result."""
 
 import json
+import shutil
 from itertools import accumulate
 from pathlib import Path
 
@@ -293,3 +294,13 @@ def test_inherited_counterexamples_that_this_run_holds_out_are_left_out(tmp_path
     out = tmp_path / "held-out"
     continue_run(source, out, {"train.refine": 1, "train.refine_epochs": 1}, progress=False)
     assert read_records(out)[0]["n_inherited"] == len(logged - held_out)
+
+
+def test_a_corrupt_inherited_log_is_named_before_anything_is_written(reference, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(reference, source)
+    (source / INHERITED).write_text('{"run": "x", "examples": "none"}\n')
+    out = tmp_path / "continued"
+    with pytest.raises(RunDirError, match=rf"{source / INHERITED} is corrupt: line 1"):
+        continue_run(source, out, {"train.refine": 1}, progress=False)
+    assert not out.exists()

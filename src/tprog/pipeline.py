@@ -149,6 +149,7 @@ def continue_run(
         )
     new_config = with_post_training(config, overrides)
     new_config, dataset = resolve(new_config)
+    inherited = inheritance(source)  # the counterexamples of the chain so far
     prepare_run_dir(out, overwrite)
     for name in (RUN, VOCAB, METRICS, TIMING):
         shutil.copyfile(source / name, out / name)
@@ -156,7 +157,6 @@ def continue_run(
         write_json(out / LINEAGE, lineage)
     elif (source / LINEAGE).is_file():  # source continued one and added no stage of its own
         shutil.copyfile(source / LINEAGE, out / LINEAGE)
-    inherited = inheritance(source)  # the counterexamples of the chain so far
     if inherited:
         write_atomic(
             out / INHERITED, "".join(json.dumps(r, sort_keys=True) + "\n" for r in inherited)

@@ -251,7 +251,14 @@ def read_counterexamples(path: Path) -> list[Example]:
 def inheritance(source: Path) -> list[dict[str, Any]]:
     """The records of ``refinement_inherited.jsonl`` for a run continued from ``source``:
     what ``source`` inherited, then ``source``'s own counterexamples, if it has any."""
-    records = read_log(source / INHERITED)
+    path = source / INHERITED  # read through _logged_examples: a corrupt one is named here
+    records = [
+        {
+            "run": record.get("run"),
+            "examples": [list(ex) for ex in _logged_examples(record, path, n)],
+        }
+        for n, record in enumerate(read_log(path), 1)
+    ]
     own = read_counterexamples(source / COUNTEREXAMPLES)
     if own:
         records.append({"run": str(source.resolve()), "examples": [list(ex) for ex in own]})
