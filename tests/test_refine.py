@@ -274,7 +274,7 @@ def test_a_continued_run_starts_from_the_counterexamples_of_its_chain(
     assert trained_on[-1] >= first | own
     docstring = " ".join((third / "program.py").read_text().split())
     n_inherited = read_records(third)[0]["n_inherited"]
-    assert f"and the {n_inherited} of the runs it continued from;" in docstring
+    assert f"and on the {n_inherited} counterexamples of the runs it continued from;" in docstring
 
     alone = tmp_path / "alone"
     continue_run(reference, alone, {**again, "train.refine_inherit": False}, progress=False)

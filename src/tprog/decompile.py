@@ -318,7 +318,11 @@ def _refined_sentence(run: Run) -> list[str]:
         return [f"Refinement (train.refine) trained no round: {why}."]
     wrong = ", ".join(str(record["n_wrong"]) for record in rounds)
     inherited = rounds[0].get("n_inherited", 0)  # older logs do not count them: none
-    also = f" and the {inherited} of the runs it continued from" if inherited else ""
+    also = (
+        f" and on the {inherited} counterexamples of the runs it continued from"
+        if inherited
+        else ""
+    )
     return [
         f"Refined after training (train.refine): {len(rounds) - 1} rounds of training on the "
         f"inputs the model got wrong{also}; wrong inputs of the {domain} after training and "
