@@ -167,14 +167,25 @@ def test_counterexamples_accumulate_over_rounds(reference) -> None:
     assert totals == list(accumulate(len(record["examples"]) for record in added))
 
 
-def test_each_round_trains_on_every_earlier_rounds_counterexamples(tmp_path, monkeypatch) -> None:
-    real, trained_on = refine_module._with_counterexamples, []
+def logged_inputs(log: Path) -> set[tuple[str, ...]]:
+    """The inputs of every record of a counterexample log."""
+    return {tuple(inputs) for record in read_log(log) for inputs, _ in record["examples"]}
+
+
+@pytest.fixture
+def trained_on(monkeypatch) -> list[set[tuple[str, ...]]]:
+    """The inputs of the counterexamples each refinement round trains on, round by round."""
+    real, rounds = refine_module._with_counterexamples, []
 
     def recording(dataset, added, repeat, device):
-        trained_on.append({tuple(inputs) for inputs, _ in added})
+        rounds.append({tuple(inputs) for inputs, _ in added})
         return real(dataset, added, repeat, device)
 
     monkeypatch.setattr(refine_module, "_with_counterexamples", recording)
+    return rounds
+
+
+def test_each_round_trains_on_every_earlier_rounds_counterexamples(tmp_path, trained_on) -> None:
     run_dir = refined_run(tmp_path / "hist")
     logged = [{tuple(x) for x, _ in r["examples"]} for r in read_log(run_dir / COUNTEREXAMPLES)]
     assert len(trained_on) == len(logged) >= 2
@@ -240,31 +251,22 @@ def test_the_cli_reports_each_round_and_the_round_kept(tmp_path) -> None:
 
 
 def test_a_continued_run_starts_from_the_counterexamples_of_its_chain(
-    reference, tmp_path, monkeypatch
+    reference, tmp_path, trained_on
 ) -> None:
     """Refined, continued and refined again, twice: each run's rounds train on the
     counterexamples of every run before it in the chain as well as their own; with
     train.refine_inherit=false, on their own alone."""
-    real, trained_on = refine_module._with_counterexamples, []
-
-    def recording(dataset, added, repeat, device):
-        trained_on.append({tuple(inputs) for inputs, _ in added})
-        return real(dataset, added, repeat, device)
-
-    monkeypatch.setattr(refine_module, "_with_counterexamples", recording)
     again = {"train.refine": 1, "train.refine_epochs": 1, "train.refine_tau": 1.0}
-    first = {
-        tuple(x) for record in read_log(reference / COUNTEREXAMPLES) for x, _ in record["examples"]
-    }
+    first = logged_inputs(reference / COUNTEREXAMPLES)
 
     second = tmp_path / "second"
     continue_run(reference, second, again, progress=False)
     inherited = read_log(second / INHERITED)
     assert [record["run"] for record in inherited] == [str(reference.resolve())]
-    assert {tuple(x) for x, _ in inherited[0]["examples"]} == first
+    assert logged_inputs(second / INHERITED) == first
     assert {r["n_inherited"] for r in read_records(second)} == {len(first)}
     assert trained_on[-1] >= first, "the first round of the continued run trains on them"
-    own = {tuple(x) for record in read_log(second / COUNTEREXAMPLES) for x, _ in record["examples"]}
+    own = logged_inputs(second / COUNTEREXAMPLES)
     assert trained_on[-1] == first | own
 
     third = tmp_path / "third"
@@ -279,17 +281,14 @@ def test_a_continued_run_starts_from_the_counterexamples_of_its_chain(
     alone = tmp_path / "alone"
     continue_run(reference, alone, {**again, "train.refine_inherit": False}, progress=False)
     assert {r["n_inherited"] for r in read_records(alone)} == {0}
-    mine = {tuple(x) for record in read_log(alone / COUNTEREXAMPLES) for x, _ in record["examples"]}
-    assert trained_on[-1] == mine
+    assert trained_on[-1] == logged_inputs(alone / COUNTEREXAMPLES)
 
 
 def test_inherited_counterexamples_that_this_run_holds_out_are_left_out(tmp_path) -> None:
     source = refined_run(tmp_path / "hist", **{"train.refine": 1, "train.refine_holdout": False})
     dataset = build_dataset(load_run(source).task, load_run(source).config)
     held_out = {tuple(x) for split in (dataset.val, dataset.test) for x in split.inputs}
-    logged = {
-        tuple(x) for record in read_log(source / COUNTEREXAMPLES) for x, _ in record["examples"]
-    }
+    logged = logged_inputs(source / COUNTEREXAMPLES)
     assert logged & held_out, "the source should have trained on held-out inputs"
     out = tmp_path / "held-out"
     continue_run(source, out, {"train.refine": 1, "train.refine_epochs": 1}, progress=False)
