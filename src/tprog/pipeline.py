@@ -38,6 +38,7 @@ from tprog.rundir import (
     save_torch_file,
     write_atomic,
     write_json,
+    write_log,
 )
 from tprog.train import hard_predictions, resolve, split_accuracy, train
 from tprog.train_standard import train_standard
@@ -158,9 +159,7 @@ def continue_run(
     elif (source / LINEAGE).is_file():  # source continued one and added no stage of its own
         shutil.copyfile(source / LINEAGE, out / LINEAGE)
     if inherited:
-        write_atomic(
-            out / INHERITED, "".join(json.dumps(r, sort_keys=True) + "\n" for r in inherited)
-        )
+        write_log(out / INHERITED, inherited)
     write_atomic(out / CONFIG, new_config.to_json())
     save_torch_file(out / CHECKPOINT, {**blob, "config": new_config.to_json()})
     run = train(new_config, out, progress=progress, dataset=dataset, resume=True)

@@ -253,15 +253,12 @@ def inheritance(source: Path) -> list[dict[str, Any]]:
     what ``source`` inherited, then ``source``'s own counterexamples, if it has any."""
     path = source / INHERITED  # read through _logged_examples: a corrupt one is named here
     records = [
-        {
-            "run": record.get("run"),
-            "examples": [list(ex) for ex in _logged_examples(record, path, n)],
-        }
+        {"run": record.get("run"), "examples": _logged_examples(record, path, n)}
         for n, record in enumerate(read_log(path), 1)
     ]
     own = read_counterexamples(source / COUNTEREXAMPLES)
     if own:
-        records.append({"run": str(source.resolve()), "examples": [list(ex) for ex in own]})
+        records.append({"run": str(source.resolve()), "examples": own})
     return records
 
 

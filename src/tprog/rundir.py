@@ -94,8 +94,13 @@ def keep_log_records(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None
     """Rewrite a JSON-lines log with only the records ``keep`` accepts (a resumed stage drops
     the records it is about to make again)."""
     if path.is_file():
-        kept = [record for record in read_log(path) if keep(record)]
-        write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        write_log(path, [record for record in read_log(path) if keep(record)])
+
+
+def write_log(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write a JSON-lines log of ``records`` at once (atomically), one per line as
+    `read_log` reads them."""
+    write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 def write_json(path: Path, data: Any) -> None:
