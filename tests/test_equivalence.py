@@ -15,6 +15,7 @@ from tprog.interpret import predict_ids
 from tprog.ir import Program
 from tprog.model.layout import Layout
 from tprog.model.program import Shape, TransformerProgram
+from tprog.model.sampling import Sampling
 
 VOCAB = ("<pad>", "<s>", "a", "b", "c")
 LABELS = ("<pad>", "w", "x", "y", "z")
@@ -73,6 +74,37 @@ def test_hard_model_equals_interpreter_equals_generated_code(tmp_path: Path, dra
         assert [LABELS[c] for c in from_ir[row, : len(tokens)]] == want
         assert module.run(tokens) == want
         assert batched[row] == want
+
+
+@settings(max_examples=30, deadline=None)
+@given(random_models())
+def test_straight_through_forward_is_the_hard_model(drawn) -> None:
+    """Refinement with train.refine_straight_through (and no noise) trains the program itself:
+    the soft forward pass predicts what the hard model predicts, at any temperature, while
+    gradients reach the discrete choices."""
+    model, seed = drawn
+    ids, lengths = (
+        torch.as_tensor(a)
+        for a in random_inputs(np.random.default_rng(seed), model.shape.n_ctx, 200)
+    )
+    expected = model.predict(ids, lengths)
+    real = torch.arange(model.shape.n_ctx) < lengths[:, None]  # [B, N]
+    for tau in (3.0, 0.01):
+        sampling = Sampling(tau, torch.Generator(), noise=False, straight_through=True)
+        logits = model(ids, lengths, sampling)  # [B, N, n_labels]
+        assert torch.equal(logits.argmax(-1)[real], expected[real])
+    model.zero_grad()
+    model(ids, lengths, Sampling(1.0, torch.Generator(), False, True)).logsumexp(
+        -1
+    ).sum().backward()
+    # reads of more than one variable and predicates: the discrete choices
+    choices = [
+        parameter.grad
+        for name, parameter in model.named_parameters()
+        if name.endswith(("logits", "predicate")) and parameter.shape[-1] > 1
+    ]
+    if choices:
+        assert sum(grad.abs().sum() for grad in choices) > 0
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tprog.model.layers import batched_matmul, read_vars
-from tprog.model.sampling import softmax_at
+from tprog.model.sampling import Sampling, choose, one_hot_argmax, softmax_at
 
 
 @pytest.mark.parametrize(
@@ -59,6 +59,24 @@ def test_softmax_at_tau_gives_exact_zeros_far_below_the_row_maximum():
     assert y[0].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert y[1].tolist() == [0.25] * 4
     torch.testing.assert_close(y, torch.softmax(x / 0.01, -1))
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_straight_through_is_the_argmax_forward_and_the_softmax_back(noise):
+    """Forward: exactly the one-hot argmax (of the same noisy logits the soft choice would use);
+    back: the gradient of the soft choice."""
+    x = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    upstream = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(4))
+    seed, tau = 5, 0.7
+    soft = choose(x, Sampling(tau, torch.Generator().manual_seed(seed), noise))
+    straight = choose(x, Sampling(tau, torch.Generator().manual_seed(seed), noise, True))
+    assert torch.equal(straight, one_hot_argmax(soft.detach()))
+    if not noise:
+        assert torch.equal(straight, one_hot_argmax(x.detach()))
+    (soft_grad,) = torch.autograd.grad((soft * upstream).sum(), x)
+    (straight_grad,) = torch.autograd.grad((straight * upstream).sum(), x)
+    torch.testing.assert_close(straight_grad, soft_grad)
+    assert soft_grad.abs().max() > 0.01
 
 
 def test_importing_tprog_flushes_subnormals_in_every_thread():

@@ -16,6 +16,7 @@ from tprog.data import build_dataset
 from tprog.domain_check import check_domain
 from tprog.errors import ConfigError, RunDirError
 from tprog.model import sampling
+from tprog.model.program import TransformerProgram
 from tprog.pipeline import continue_run, load_program, resume_and_decompile, train_and_decompile
 from tprog.refine import BEST, COUNTEREXAMPLES, INHERITED, REFINEMENT, read_records
 from tprog.rundir import load_run, read_log
@@ -84,7 +85,7 @@ def test_rounds_without_noise_draw_none(tmp_path, monkeypatch) -> None:
     while training before them keeps its Gumbel noise."""
     draws = {"training": 0, "rounds": 0}
     stage = ["training"]
-    gumbel, fit = sampling.gumbel_softmax, refine_module.fit
+    gumbel, fit = sampling.with_gumbel_noise, refine_module.fit
 
     def counted_gumbel(logits, how):
         draws[stage[0]] += 1
@@ -94,11 +95,42 @@ def test_rounds_without_noise_draw_none(tmp_path, monkeypatch) -> None:
         stage[0] = "rounds"
         fit(*args)
 
-    monkeypatch.setattr(sampling, "gumbel_softmax", counted_gumbel)
+    monkeypatch.setattr(sampling, "with_gumbel_noise", counted_gumbel)
     monkeypatch.setattr(refine_module, "fit", round_fit)
     out = refined_run(tmp_path / "hist", **{"train.refine_noise": False})
     assert any(r["n_counterexamples"] for r in read_records(out)), "no round was trained"
     assert draws["training"] > 0 and draws["rounds"] == 0
+
+
+def test_straight_through_rounds_run_the_program_forward(tmp_path, monkeypatch) -> None:
+    """train.refine_straight_through: every forward pass of the rounds predicts what the hard
+    model predicts, while training before them stays relaxed."""
+    agreement = {"training": [], "rounds": []}
+    stage = ["training"]
+    fit, forward = refine_module.fit, TransformerProgram.forward
+
+    def round_fit(*args):
+        stage[0] = "rounds"
+        fit(*args)
+
+    def compared_forward(model, ids, lengths, sampling=None, tables=None):
+        logits = forward(model, ids, lengths, sampling, tables)
+        if sampling is not None:
+            with torch.no_grad():
+                hard = forward(model, ids, lengths).argmax(-1)
+            real = torch.arange(ids.shape[1]) < lengths[:, None]  # [B, N]
+            agreement[stage[0]].append(torch.equal(logits.argmax(-1)[real], hard[real]))
+        return logits
+
+    monkeypatch.setattr(refine_module, "fit", round_fit)
+    monkeypatch.setattr(TransformerProgram, "forward", compared_forward)
+    out = refined_run(
+        tmp_path / "hist",
+        **{"train.refine_noise": False, "train.refine_straight_through": True},
+    )
+    assert any(r["n_counterexamples"] for r in read_records(out)), "no round was trained"
+    assert not all(agreement["training"])
+    assert agreement["rounds"] and all(agreement["rounds"])
 
 
 def kept_record(run_dir: Path) -> dict:

@@ -119,6 +119,12 @@ class TrainConfig(_Section):
         description="Gumbel noise in refinement rounds, as in training; false: each choice is "
         "the plain softmax at the round's temperature, a relaxation of the hard model itself",
     )
+    refine_straight_through: bool = Field(
+        False,
+        description="refinement rounds take every choice's argmax going forward and its softmax "
+        "at the round's temperature going back (straight-through): with train.refine_noise=false "
+        "they train the program itself, with gradients that reach its discrete choices",
+    )
 
 
 class StandardConfig(_Section):

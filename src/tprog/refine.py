@@ -18,7 +18,10 @@ each of up to ``train.refine`` rounds:
    ``train.refine_lr`` (a tenth of training's: at the end of the schedule the model is nearly
    discrete, and Adam turns the small gradients into full-size steps that undo more than they
    fix), at ``train.tau_end`` or annealed geometrically from ``train.refine_tau`` down to it,
-   and with ``train.refine_noise=false`` without Gumbel noise (see ``Sampling``).
+   with ``train.refine_noise=false`` without Gumbel noise, and with
+   ``train.refine_straight_through`` taking each choice's argmax going forward (see
+   ``Sampling``): at the end of the schedule the softmax has saturated, gradients no longer
+   reach the discrete choices, and rounds can only move the classifier and near-ties.
 
 Rounds stop early when nothing that may be added is wrong. A round can also make things worse,
 so the run keeps the weights of the round with the fewest wrong inputs it may train on (never
@@ -173,6 +176,7 @@ class _Rounds:
             cfg.refine_epochs,  # one checkpoint, at the round's end (see the module docstring)
             {"round": round_},
             cfg.refine_noise,
+            cfg.refine_straight_through,
         )
         fit(self.session, stage, done)
 

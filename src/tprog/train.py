@@ -206,6 +206,7 @@ class Stage:
     checkpoint_every: int
     label: dict[str, int] = field(default_factory=dict)  # added to each metrics record
     noise: bool = True  # see Sampling
+    straight_through: bool = False  # see Sampling
 
     @property
     def end(self) -> int:
@@ -263,14 +264,7 @@ def fit(session: Session, stage: Stage, done: int) -> None:
         started = time.perf_counter()
         first_step = (epoch - stage.start) * steps_per_epoch
         train_loss, step = _train_epoch(
-            model,
-            session.optimizer,
-            stage.data,
-            cfg.batch_size,
-            stage.taus,
-            first_step,
-            session.generators,
-            stage.noise,
+            model, session.optimizer, stage, cfg.batch_size, first_step, session.generators
         )
         record = {
             "epoch": epoch + 1,
@@ -311,17 +305,22 @@ def fit(session: Session, stage: Stage, done: int) -> None:
 def _train_epoch(
     model: TransformerProgram,
     optimizer: torch.optim.Optimizer,
-    train_t: Tensors,
+    stage: Stage,
     batch_size: int,
-    taus: np.ndarray,
     step: int,
     generators: dict[str, torch.Generator],
-    noise: bool,
 ) -> tuple[float, int]:
-    """One pass over the shuffled training split; returns (mean loss, steps taken so far)."""
+    """One pass over the shuffled training set of ``stage``; returns (mean loss, steps taken
+    so far)."""
+    train_t = stage.data
 
     def batch_loss(batch: torch.Tensor, number: int) -> torch.Tensor:
-        sampling = Sampling(float(taus[step + number]), generators["noise"], noise)
+        sampling = Sampling(
+            float(stage.taus[step + number]),
+            generators["noise"],
+            stage.noise,
+            stage.straight_through,
+        )
         logits = model(train_t.ids[batch], train_t.lengths[batch], sampling)
         return sequence_loss(logits, train_t.targets[batch])
 

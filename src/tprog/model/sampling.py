@@ -21,11 +21,18 @@ class Sampling:
     choice too, and Gumbel noise on its scores swamps the small position bias that orders
     matching keys: the noisy soft model attends to a random match where the hard model attends
     to the closest one.
+
+    With ``straight_through``, every choice is the argmax (of the noisy logits, with noise)
+    going forward and the softmax at ``tau`` going back. Without noise the forward pass then
+    computes what the hard model computes, the program, while gradients still reach every
+    discrete choice; at a low ``tau`` a plain softmax saturates and all but stops them (Bengio
+    et al. 2013; Jang et al. 2017). ``tau`` then shapes the gradient only.
     """
 
     tau: float
     generator: torch.Generator
     noise: bool = True
+    straight_through: bool = False
 
 
 def one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -76,21 +83,27 @@ def softmax_at(x: torch.Tensor, tau: float) -> torch.Tensor:
     return _SoftmaxAtTau.apply(x, tau)
 
 
-def gumbel_softmax(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+def with_gumbel_noise(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     noise = torch.rand(
         logits.shape, generator=sampling.generator, dtype=logits.dtype, device=logits.device
     )
     # Gumbel noise -log(-log(u)), computed in place on the fresh draw. Clamping keeps it finite
     # at u == 0 without biasing any realistic draw.
     noise.clamp_(min=1e-20, max=1.0 - 1e-7).log_().neg_().log_().neg_()
-    return softmax_at(logits + noise, sampling.tau)
+    return logits + noise
 
 
 def choose(logits: torch.Tensor, sampling: Sampling | None) -> torch.Tensor:
-    """A relaxed sample in soft mode (without noise, the softmax at ``tau``), the exact one-hot
-    argmax in hard mode (``None``)."""
+    """A relaxed sample in soft mode (without noise, the softmax at ``tau``; straight-through,
+    its argmax going forward), the exact one-hot argmax in hard mode (``None``)."""
     if sampling is None:
         return one_hot_argmax(logits)
-    if not sampling.noise:
-        return softmax_at(logits, sampling.tau)
-    return gumbel_softmax(logits, sampling)
+    if sampling.noise:
+        logits = with_gumbel_noise(logits, sampling)
+    soft = softmax_at(logits, sampling.tau)
+    if not sampling.straight_through:
+        return soft
+    # The argmax of the logits, not of ``soft``: at a low tau two nearly equal logits can round
+    # to equal probabilities, and the hard model breaks the tie on the logits. ``soft -
+    # soft.detach()`` is exactly 0 going forward and ``soft``'s gradient going back.
+    return one_hot_argmax(logits.detach()) + (soft - soft.detach())
