@@ -94,9 +94,8 @@ def test_straight_through_forward_is_the_hard_model(drawn) -> None:
         logits = model(ids, lengths, sampling)  # [B, N, n_labels]
         assert torch.equal(logits.argmax(-1)[real], expected[real])
     model.zero_grad()
-    model(ids, lengths, Sampling(1.0, torch.Generator(), False, True)).logsumexp(
-        -1
-    ).sum().backward()
+    logits = model(ids, lengths, Sampling(1.0, torch.Generator(), False, True))
+    logits.logsumexp(-1).sum().backward()
     # reads of more than one variable and predicates: the discrete choices
     choices = [
         parameter.grad
