@@ -80,6 +80,11 @@ class TrainConfig(_Section):
     prune_tau: float = Field(
         0.1, gt=0, description="temperature that fine-tuning anneals from to tau_end"
     )
+    prune_noise: bool = Field(
+        True,
+        description="Gumbel noise in that fine-tuning, as in training; false: each choice is the "
+        "plain softmax at the fine-tuning's temperature (see train.refine_noise)",
+    )
     prune_tolerance: float = Field(
         0.0, ge=0, le=1, description="val accuracy a removal may cost (a fraction, 0.001 = 0.1%)"
     )

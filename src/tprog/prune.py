@@ -9,7 +9,8 @@ nothing. With ``train.prune``, after training:
 1. every module is scored by the hard model's val accuracy with that module removed;
 2. in that order, least missed first, each module is removed and the model fine-tuned for
    ``train.prune_epochs`` epochs (learning rate ``train.prune_lr``, temperature annealed from
-   ``train.prune_tau`` to ``train.tau_end``) with every module removed so far still removed;
+   ``train.prune_tau`` to ``train.tau_end``, with Gumbel noise unless ``train.prune_noise`` is
+   false) with every module removed so far still removed;
 3. the removal is kept if val accuracy is then at least the trained model's less
    ``train.prune_tolerance``; otherwise the model goes back to its state before the attempt.
 
@@ -297,7 +298,7 @@ def _fine_tune(
     data = Tensors.of(dataset.train, cfg.device)
     steps_per_epoch = math.ceil(len(data.ids) / cfg.batch_size)
     taus = tau_schedule(cfg.prune_tau, cfg.tau_end, cfg.prune_epochs * steps_per_epoch)
-    shuffle, noise = (
+    shuffle, gumbel = (
         torch.Generator(device=kind).manual_seed(_seed(config.seed, step, stream))
         for stream, kind in enumerate(("cpu", device.type))
     )
@@ -307,7 +308,7 @@ def _fine_tune(
     loss = math.nan
 
     def batch_loss(batch: torch.Tensor, number: int) -> torch.Tensor:
-        sampling = Sampling(float(taus[steps_done + number]), noise)
+        sampling = Sampling(float(taus[steps_done + number]), gumbel, cfg.prune_noise)
         logits = model(data.ids[batch], data.lengths[batch], sampling)
         return sequence_loss(logits, data.targets[batch])
 
