@@ -20,8 +20,8 @@ each of up to ``train.refine`` rounds:
    fix), at ``train.tau_end`` or annealed geometrically from ``train.refine_tau`` down to it,
    with ``train.refine_noise=false`` without Gumbel noise, and with
    ``train.refine_straight_through`` taking each choice's argmax going forward (see
-   ``Sampling``): at the end of the schedule the softmax has saturated, gradients no longer
-   reach the discrete choices, and rounds can only move the classifier and near-ties.
+   ``Sampling``). Without it the softmax has saturated by the end of the schedule, gradients
+   hardly reach the discrete choices, and rounds move little but the classifier and near-ties.
 
 Rounds stop early when nothing that may be added is wrong. A round can also make things worse,
 so the run keeps the weights of the round with the fewest wrong inputs it may train on (never
