@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.stages import count_gumbel_draws, enter_on_call
 from tests.test_cli import tprog
 from tprog import prune as prune_module
 from tprog.errors import ConfigError, RunDirError
-from tprog.model import sampling
 from tprog.pipeline import (
     continue_run,
     load_program,
@@ -121,20 +121,9 @@ def test_refinement_after_pruning_keeps_the_modules_removed(tmp_path) -> None:
 def test_fine_tuning_draws_gumbel_noise_unless_told_not_to(tmp_path, monkeypatch, noise) -> None:
     """train.prune_noise=false: pruning fine-tunes on the plain softmax, training before it
     keeps its noise."""
-    draws = {"training": 0, "pruning": 0}
     stage = ["training"]
-    gumbel, fine_tune = sampling.with_gumbel_noise, prune_module._fine_tune
-
-    def counted_gumbel(logits, how):
-        draws[stage[0]] += 1
-        return gumbel(logits, how)
-
-    def pruning_fine_tune(*args):
-        stage[0] = "pruning"
-        return fine_tune(*args)
-
-    monkeypatch.setattr(sampling, "with_gumbel_noise", counted_gumbel)
-    monkeypatch.setattr(prune_module, "_fine_tune", pruning_fine_tune)
+    draws = count_gumbel_draws(monkeypatch, stage)
+    enter_on_call(monkeypatch, prune_module, "_fine_tune", stage, "pruning")
     out = pruned_run(tmp_path / "hist", **{"train.prune_noise": noise})
     assert any("train_loss" in r for r in read_records(out)[1:]), "nothing was fine-tuned"
     assert draws["training"] > 0

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.stages import count_gumbel_draws, enter_on_call
 from tests.test_cli import tprog
 from tprog import refine as refine_module
 from tprog import train as train_module
 from tprog.data import build_dataset
 from tprog.domain_check import check_domain
 from tprog.errors import ConfigError, RunDirError
-from tprog.model import sampling
 from tprog.model.program import TransformerProgram
 from tprog.pipeline import continue_run, load_program, resume_and_decompile, train_and_decompile
 from tprog.refine import BEST, COUNTEREXAMPLES, INHERITED, REFINEMENT, read_records
@@ -83,20 +83,9 @@ def test_rounds_are_recorded_in_the_log_and_results(reference) -> None:
 def test_rounds_without_noise_draw_none(tmp_path, monkeypatch) -> None:
     """train.refine_noise=false: the rounds train the noise-free relaxation of the hard model,
     while training before them keeps its Gumbel noise."""
-    draws = {"training": 0, "rounds": 0}
     stage = ["training"]
-    gumbel, fit = sampling.with_gumbel_noise, refine_module.fit
-
-    def counted_gumbel(logits, how):
-        draws[stage[0]] += 1
-        return gumbel(logits, how)
-
-    def round_fit(*args):
-        stage[0] = "rounds"
-        fit(*args)
-
-    monkeypatch.setattr(sampling, "with_gumbel_noise", counted_gumbel)
-    monkeypatch.setattr(refine_module, "fit", round_fit)
+    draws = count_gumbel_draws(monkeypatch, stage)
+    enter_on_call(monkeypatch, refine_module, "fit", stage, "rounds")
     out = refined_run(tmp_path / "hist", **{"train.refine_noise": False})
     assert any(r["n_counterexamples"] for r in read_records(out)), "no round was trained"
     assert draws["training"] > 0 and draws["rounds"] == 0
@@ -107,11 +96,7 @@ def test_straight_through_rounds_run_the_program_forward(tmp_path, monkeypatch) 
     model predicts, while training before them stays relaxed."""
     agreement = {"training": [], "rounds": []}
     stage = ["training"]
-    fit, forward = refine_module.fit, TransformerProgram.forward
-
-    def round_fit(*args):
-        stage[0] = "rounds"
-        fit(*args)
+    forward = TransformerProgram.forward
 
     def compared_forward(model, ids, lengths, sampling=None, tables=None):
         logits = forward(model, ids, lengths, sampling, tables)
@@ -122,7 +107,7 @@ def test_straight_through_rounds_run_the_program_forward(tmp_path, monkeypatch) 
             agreement[stage[0]].append(torch.equal(logits.argmax(-1)[real], hard[real]))
         return logits
 
-    monkeypatch.setattr(refine_module, "fit", round_fit)
+    enter_on_call(monkeypatch, refine_module, "fit", stage, "rounds")
     monkeypatch.setattr(TransformerProgram, "forward", compared_forward)
     out = refined_run(
         tmp_path / "hist",
