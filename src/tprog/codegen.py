@@ -72,8 +72,7 @@ class _Gen:
         self.real = {"tokens"}  # hold only real tokens (never <pad>): copies of the input
         names, self.functions = [v.name for v in ir.INPUT_VARIABLES], []
         for module in program.modules:
-            attention = isinstance(module, ir.CatAttention | ir.NumAttention)
-            for name in (module.query, module.key, module.value) if attention else module.inputs:
+            for name in ir.reads(module):
                 if name not in names:
                     raise ValueError(f"module {module.name!r} reads {name!r} before it exists.")
             if not _NAME.fullmatch(module.name) or keyword.iskeyword(module.name):
@@ -85,7 +84,8 @@ class _Gen:
                 if module.value in self.real:
                     self.real.add(module.name)
             else:
-                self.types[module.name] = "int" if attention else declared.get(module.name, "int")
+                numerical = isinstance(module, ir.NumAttention)
+                self.types[module.name] = "int" if numerical else declared.get(module.name, "int")
         used = names + self.functions + [f.upper() for f in self.functions]
         clash = [x for x in used if x in _RESERVED or hasattr(builtins, x)]
         clash += [x for x, count in Counter(used).items() if count > 1]

@@ -104,6 +104,18 @@ class NumMLP:
 Module = CatAttention | NumAttention | CatMLP | NumMLP
 
 
+def reads(module: Module) -> tuple[str, ...]:
+    """The variables ``module`` reads: a head's query, key and value, an MLP's inputs."""
+    if isinstance(module, CatAttention | NumAttention):
+        return (module.query, module.key, module.value)
+    return module.inputs
+
+
+def is_read(program: Program, name: str) -> bool:
+    """Whether some module of ``program`` reads the variable ``name``."""
+    return any(name in reads(module) for module in program.modules)
+
+
 @dataclass(frozen=True)
 class Classifier:
     """``logits[c] = sum_x categorical[x][x[i]][c] + sum_u numerical[u][c] * u[i]``.

@@ -15,6 +15,10 @@ Passes, in order:
   * `fold_constants`: a head or MLP whose variable holds one value on the whole basis (and, beyond
     a whole domain, can hold no other) adds the same weight row at every position; that row
     moves into the ``ones`` term (a per-label bias);
+  * `fold_determined` (`tprog.simplify_determined`): on a whole domain, a head or MLP whose
+    variable is a function of an earlier categorical variable is read through that variable,
+    where its readers allow (a position relabelled by an MLP of two positions becomes a
+    predicate or table over the position);
   * `remove_dead_modules`: classifier terms that never change a prediction go; then so does
     every module whose variable has no term left and which no live module reads;
   * `restrict_to_reachable`: each variable's values on the basis are recorded
@@ -31,47 +35,40 @@ Passes, in order:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from tprog import tables
-from tprog.interpret import allowed_keys, classifier_logits, evaluate
-from tprog.ir import NEVER, CatAttention, Module, NumAttention, NumMLP, Program, Variable
-from tprog.reachable import Reach, TokenSets, any_tokens, reach
-
-_CHUNK = 4096  # inputs per interpreter call: bounds the [chunk, n, n] selections
-_ROWS = 1 << 16  # classifier rows per prediction call
-
-
-@dataclass(frozen=True)
-class Basis:
-    """The inputs on which a simplified program must give every output its original gives."""
-
-    ids: np.ndarray  # [B, n_ctx] token ids, 0-padded
-    lengths: np.ndarray  # [B]
-    description: str  # e.g. "the whole input domain (19530 inputs)"
-    # Every input the program can be given: only then is a simplified program equal to its
-    # original everywhere, and a difference found later a bug rather than expected.
-    whole_domain: bool = False
-    # Otherwise, per input length, the token ids each position may hold (None: any token
-    # anywhere), from which `tprog.reachable` bounds what any input reaches.
-    token_sets: TokenSets | None = None
-    # The original program's variables on the basis (`_environment`), evaluated once by
-    # `simplify`: no pass changes a surviving variable's value at a real position of the basis,
-    # so every later pass may read them instead of evaluating its input program again.
-    env: dict[str, np.ndarray] | None = None
-
-    def reach(self, program: Program) -> Reach:
-        """What any input can reach: beyond the whole domain, the basis says too little."""
-        return reach(program, self.token_sets or any_tokens(program))
+from tprog.interpret import allowed_keys
+from tprog.ir import (
+    NEVER,
+    CatAttention,
+    Module,
+    NumAttention,
+    NumMLP,
+    Program,
+    Variable,
+    is_read,
+)
+from tprog.reachable import Reach
+from tprog.simplify_basis import (
+    CHUNK,
+    Basis,
+    classifier_rows,
+    environment,
+    predictions,
+    real_positions,
+    value_range,
+)
+from tprog.simplify_determined import fold_determined
 
 
 def simplify(program: Program, basis: Basis) -> Program:
     """All passes in order; the result records its basis in ``meta``, and, when the basis is
     not the whole domain, how many of its rewrites inputs beyond the basis may reach."""
     original = program
-    evaluated = replace(basis, env=_environment(program, basis))
+    evaluated = replace(basis, env=environment(program, basis))
     for simplification in PASSES:
         program = simplification(program, evaluated)
     meta = {
@@ -117,10 +114,10 @@ def fold_constants(program: Program, basis: Basis) -> Program:
     `remove_dead_modules` drops it unless a live module reads it."""
     if "ones" not in {var.name for var in program.variables}:
         return program  # no bias term to fold into
-    env = _environment(program, basis)
-    real = _real_positions(basis)
-    rows = _classifier_rows(program, env, real)
-    reference = _predictions(program, rows)
+    env = environment(program, basis)
+    real = real_positions(basis)
+    rows = classifier_rows(program, env, real)
+    reference = predictions(program, rows)
     possible = None if basis.whole_domain else basis.reach(program).values
     for module in program.modules:
         if module.name not in program.classifier.terms:
@@ -129,7 +126,7 @@ def fold_constants(program: Program, basis: Basis) -> Program:
         if len(values) != 1 or (possible is not None and len(possible[module.name]) != 1):
             continue  # not constant on the basis, or some input beyond it may tell
         candidate = _folded(program, module.name, int(values[0]))
-        if np.array_equal(_predictions(candidate, rows), reference):
+        if np.array_equal(predictions(candidate, rows), reference):
             program = candidate
     return program
 
@@ -141,15 +138,15 @@ def remove_dead_modules(program: Program, basis: Basis) -> Program:
     Latest first, because a module can only become unread once the later ones reading it are
     gone. Input variables keep existing (``run`` computes them) but may lose their term.
     """
-    rows = _classifier_rows(program, _environment(program, basis), _real_positions(basis))
-    reference = _predictions(program, rows)
+    rows = classifier_rows(program, environment(program, basis), real_positions(basis))
+    reference = predictions(program, rows)
     produced = {module.name for module in program.modules}
     for name in reversed([var.name for var in program.variables]):
         if name in program.classifier.terms:
             candidate = _without_term(program, name)
-            if np.array_equal(_predictions(candidate, rows), reference):
+            if np.array_equal(predictions(candidate, rows), reference):
                 program = candidate
-        unused = name not in program.classifier.terms and not _is_read(program, name)
+        unused = name not in program.classifier.terms and not is_read(program, name)
         if name in produced and unused:
             program = _without_module(program, name)
     return program
@@ -157,8 +154,8 @@ def remove_dead_modules(program: Program, basis: Basis) -> Program:
 
 def restrict_to_reachable(program: Program, basis: Basis) -> Program:
     """Record every variable's values on the basis and canonicalise what they never reach."""
-    env = _environment(program, basis)
-    real = _real_positions(basis)
+    env = environment(program, basis)
+    real = real_positions(basis)
     seen = {var.name: np.unique(env[var.name][real]) for var in program.variables}
     modules = tuple(_restrict(module, env, real) for module in program.modules)
     variables = tuple(
@@ -172,7 +169,7 @@ def readable_predicates(program: Program, basis: Basis) -> Program:
     on the basis; failing all, rows that never select a key on the basis become NEVER."""
     variables = {var.name: var for var in program.variables}
     heads = [m for m in program.modules if isinstance(m, CatAttention | NumAttention)]
-    all_meets = _meets(heads, _environment(program, basis), basis, program)
+    all_meets = _meets(heads, environment(program, basis), basis, program)
     modules = []
     for module in program.modules:
         if isinstance(module, CatAttention | NumAttention):
@@ -185,103 +182,14 @@ def readable_predicates(program: Program, basis: Basis) -> Program:
 
 PASSES: tuple[Callable[[Program, Basis], Program], ...] = (
     fold_constants,
+    fold_determined,
     remove_dead_modules,
     restrict_to_reachable,
     readable_predicates,
 )
 
 
-# --- evaluation on the basis -------------------------------------------------------------
-
-
-def _environment(program: Program, basis: Basis) -> dict[str, np.ndarray]:
-    """Every variable of ``program`` on every basis input: name -> ``[B, n]``, each in the
-    smallest integer type that holds it (a whole domain can be hundreds of thousands of inputs
-    times dozens of variables). Values at padding positions are the original program's when
-    ``basis.env`` holds them: they may differ from ``program``'s, but nothing reads them."""
-    if basis.env is not None:
-        return basis.env
-    chunks = []  # each chunk in its own smallest type at once: int64 would not fit in memory
-    for s in range(0, len(basis.ids), _CHUNK):
-        values = evaluate(program, basis.ids[s : s + _CHUNK], basis.lengths[s : s + _CHUNK])
-        chunks.append({name: _smallest(array) for name, array in values.items()})
-    names = list(chunks[0]) if chunks else []
-    # One variable at a time, each chunk's copy freed as it goes: at most one variable twice.
-    return {name: np.concatenate([chunk.pop(name) for chunk in chunks]) for name in names}
-
-
-def _smallest(array: np.ndarray) -> np.ndarray:
-    low, high = int(array.min(initial=0)), int(array.max(initial=0))
-    return array.astype(np.result_type(np.min_scalar_type(low), np.min_scalar_type(high)))
-
-
-def _real_positions(basis: Basis) -> np.ndarray:
-    """``[B, n]``: positions holding a token. Padding never reaches them (it is never an
-    allowed key), so only values at real positions matter."""
-    return np.arange(basis.ids.shape[1])[None, :] < basis.lengths[:, None]
-
-
-def _classifier_rows(
-    program: Program, env: dict[str, np.ndarray], real: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Each distinct row of the classifier's inputs (its terms, ``ones`` and ``tokens``) over
-    the real positions of the basis, as an environment of ``[U, 1]`` arrays (smallest types).
-
-    A prediction is a function of that row alone, so candidates that only drop or fold terms
-    give the same predictions at every real position iff they do on these rows: on a whole
-    domain, hundreds or thousands of rows rather than millions of positions.
-    """
-    names = sorted({*program.classifier.terms, "ones", "tokens"})
-    at = None if real.all() else np.flatnonzero(real.ravel())  # [P]; None: every position
-
-    def column(name: str) -> np.ndarray:  # [P], in its smallest type
-        values = env[name].ravel()
-        return values if at is None else values[at]
-
-    key = np.zeros(real.sum(), dtype=np.int64)
-    for name in names:  # a mixed-radix number per position, renumbered before it overflows
-        values = column(name)
-        low, span = _range(values)
-        if int(key.max(initial=0)) >= np.iinfo(np.int64).max // span - 1:
-            key = np.searchsorted(np.unique(key), key)  # 0..U-1, in the same order
-        key *= span
-        key += values
-        key -= low
-    first = np.unique(key, return_index=True)[1]  # one position per distinct row
-    first = first if at is None else at[first]
-    return {name: env[name].ravel()[first, None] for name in names}
-
-
-def _predictions(program: Program, rows: dict[str, np.ndarray]) -> np.ndarray:
-    """``[U]``: the predicted label id of each classifier row (`_classifier_rows`), a chunk
-    at a time: in int64, and with their logits, all rows would not fit in memory."""
-    total = len(rows["ones"])
-    out = np.empty(total, dtype=np.int64)
-    for s in range(0, total, _ROWS):
-        chunk = {name: values[s : s + _ROWS].astype(np.int64) for name, values in rows.items()}
-        out[s : s + _ROWS] = classifier_logits(program, chunk)[:, 0].argmax(-1)
-    return out
-
-
-def _range(values: np.ndarray) -> tuple[int, int]:
-    """``(lowest value, number of integers from it to the highest)``; ``(0, 1)`` if empty."""
-    if not values.size:
-        return 0, 1
-    low = int(values.min())
-    return low, int(values.max()) - low + 1
-
-
 # --- dead modules ------------------------------------------------------------------------
-
-
-def _reads(module: Module) -> tuple[str, ...]:
-    if isinstance(module, CatAttention | NumAttention):
-        return (module.query, module.key, module.value)
-    return module.inputs
-
-
-def _is_read(program: Program, name: str) -> bool:
-    return any(name in _reads(module) for module in program.modules)
 
 
 def _without_term(program: Program, name: str) -> Program:
@@ -326,7 +234,7 @@ def _restrict(module: Module, env: dict, real: np.ndarray) -> Module:
     if isinstance(module, CatAttention | NumAttention):
         return module  # `readable_predicates` handles predicates
     a, b = (env[name][real].astype(np.int64) for name in module.inputs)
-    low, span = _range(b)
+    low, span = value_range(b)
     codes = np.unique(a * span + (b - low))  # each distinct (a, b) pair once
     pairs = {(int(code // span), int(code % span) + low) for code in codes}
     lows = module.lows if isinstance(module, NumMLP) else (0, 0)
@@ -363,13 +271,13 @@ def _meets(
     d_var, n = program.d_var, basis.ids.shape[1]
     cell_type = np.min_scalar_type(d_var * d_var)
     meets = {head.name: np.zeros(d_var * d_var, dtype=bool) for head in heads}
-    for s in range(0, len(basis.ids), _CHUNK):
-        lengths = basis.lengths[s : s + _CHUNK]
+    for s in range(0, len(basis.ids), CHUNK):
+        lengths = basis.lengths[s : s + CHUNK]
         real_query = np.arange(n)[None, :, None] < lengths[:, None, None]
         allowed = allowed_keys(lengths, n, program.causal) & real_query  # [b, n, n]
         for head in heads:
-            query = env[head.query][s : s + _CHUNK].astype(cell_type)
-            key = env[head.key][s : s + _CHUNK].astype(cell_type)
+            query = env[head.query][s : s + CHUNK].astype(cell_type)
+            key = env[head.key][s : s + CHUNK].astype(cell_type)
             cells = query[:, :, None] * cell_type.type(d_var) + key[:, None, :]  # [b, n, n]
             meets[head.name][cells[allowed]] = True  # (q, v) of each allowed pair
     return {name: seen.reshape(d_var, d_var) for name, seen in meets.items()}
