@@ -45,6 +45,8 @@ from tprog.simplify_basis import (
 )
 
 Mapping = dict[int, int]  # value of y -> value of x, for every value y holds on the basis
+# Positions every candidate pair is first tested on: a whole domain can have millions.
+_PREFIX = 1 << 15
 
 
 def fold_determined(program: Program, basis: Basis) -> Program:
@@ -72,6 +74,9 @@ def fold_determined(program: Program, basis: Basis) -> Program:
         if name not in program.classifier.terms and not is_read(program, name):
             continue  # already dead
         for source in (v for v in order[: order.index(name)] if v in categorical):
+            # Most pairs are no function on the first positions already: a cheap refusal.
+            if function_of(values(source)[:_PREFIX], values(name)[:_PREFIX]) is None:
+                continue
             mapping = function_of(values(source), values(name))
             candidate = None if mapping is None else read_through(program, name, source, mapping)
             if candidate is None:
