@@ -58,18 +58,25 @@ def reverse_program(vocab: tuple[str, ...], labels: tuple[str, ...], k: int) -> 
     )
 
 
-def test_hand_written_reverse_is_right_on_every_input(tmp_path) -> None:
+def reverse_on_its_domain() -> tuple[ir.Program, Basis]:
+    """`reverse_program` at reverse's default configuration, and its whole input domain."""
     data = task_config("reverse").data
     task = get_task("reverse")
     vocab = ("<pad>", *task.vocab_tokens(data))
     labels = ("<pad>", *task.label_tokens(data))
     program = reverse_program(vocab, labels, max(len(vocab), data.max_length))
-
-    # Simplified on the domain, as a run's program is; one pass over the domain checks it
-    # against the targets and against the program as written (as `tprog verify` does).
     rows = [row for chunk in task.input_domain(data).chunks(8192) for row in chunk]
     ids, lengths = encode_batch(rows, program.vocab, program.n_ctx, program.unk)
-    simplified = simplify(program, Basis(ids, lengths, "the whole domain", whole_domain=True))
+    return program, Basis(ids, lengths, "the whole domain", whole_domain=True)
+
+
+def test_hand_written_reverse_is_right_on_every_input(tmp_path) -> None:
+    program, domain = reverse_on_its_domain()
+    data = task_config("reverse").data
+    task = get_task("reverse")
+    # Simplified on the domain, as a run's program is; one pass over the domain checks it
+    # against the targets and against the program as written (as `tprog verify` does).
+    simplified = simplify(program, domain)
     report = verify_program(simplified, task, data, reference_programs=[("written", program)])
     assert (report.mode, report.n_inputs, report.n_wrong) == ("whole domain", 19_530, 0)
     assert report.references[0].agreement == 1.0

@@ -9,27 +9,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from tests.test_equivalence import LABELS, VOCAB, random_models
-from tests.test_reverse_circuit import reverse_program
+from tests.test_reverse_circuit import reverse_on_its_domain
 from tprog import ir
 from tprog.extract import model_to_ir
 from tprog.interpret import evaluate, predict_ids
 from tprog.simplify import PASSES, Basis, remove_dead_modules, simplify
 from tprog.simplify_determined import fold_determined, function_of
-from tprog.tasks import get_task, task_config
-from tprog.vocab import encode_batch
 
 
 @pytest.fixture(scope="module")
 def reverse():
     """The hand-written reverse program and reverse's whole domain (19,530 inputs)."""
-    data = task_config("reverse").data
-    task = get_task("reverse")
-    vocab = ("<pad>", *task.vocab_tokens(data))
-    labels = ("<pad>", *task.label_tokens(data))
-    program = reverse_program(vocab, labels, max(len(vocab), data.max_length))
-    rows = [row for chunk in task.input_domain(data).chunks(8192) for row in chunk]
-    ids, lengths = encode_batch(rows, program.vocab, program.n_ctx, program.unk)
-    return program, Basis(ids, lengths, "the whole domain", whole_domain=True)
+    program, domain = reverse_on_its_domain()
+    assert program.d_var == 8  # the relabellings below are written for 8 values
+    return program, domain
 
 
 def _with(program: ir.Program, *added: tuple[ir.Module, str, tuple | None]) -> ir.Program:
@@ -114,31 +107,33 @@ def test_a_relabelled_position_read_as_query_and_by_the_classifier_goes(reverse)
     assert "mlp_1_0" in {m.name for m in remove_dead_modules(built, basis).modules}
 
 
-def test_a_key_is_read_through_only_a_one_to_one_relabelling(reverse) -> None:
+@pytest.mark.parametrize(
+    ("of_position", "folds"), [(lambda a: (a + 1) % 8, True), (lambda a: a // 2, False)]
+)
+def test_a_key_is_read_through_only_a_one_to_one_relabelling(reverse, of_position, folds) -> None:
     program, basis = reverse
-    k = program.d_var
-    for of_position, folds in ((lambda a: (a + 1) % k, True), (lambda a: a // 2, False)):
-        relabelled = _position_mlp(program, "mlp_1_0", of_position)
-        head = ir.CatAttention("attn_2_0", "positions", "mlp_1_0", "tokens", tuple(range(k)))
-        built = _with(program, (relabelled, "categorical", None), (head, "categorical", None))
-        folded = fold_determined(built, basis)
-        _unchanged(built, folded, basis)
-        assert ir.is_read(folded, "mlp_1_0") is not folds
-        if folds:  # k == f(q) over relabelled keys: the key position whose label is q
-            assert folded.modules[-1].key == "positions"
-            assert folded.modules[-1].predicate[3] == 2
+    relabelled = _position_mlp(program, "mlp_1_0", of_position)
+    head = ir.CatAttention("attn_2_0", "positions", "mlp_1_0", "tokens", tuple(range(8)))
+    built = _with(program, (relabelled, "categorical", None), (head, "categorical", None))
+    folded = fold_determined(built, basis)
+    _unchanged(built, folded, basis)
+    assert ir.is_read(folded, "mlp_1_0") is not folds
+    if folds:  # k == f(q) over relabelled keys: the key position whose label is q
+        assert folded.modules[-1].key == "positions"
+        assert folded.modules[-1].predicate[3] == 2
 
 
-def test_a_value_is_read_through_only_an_identity(reverse) -> None:
+@pytest.mark.parametrize(
+    ("of_position", "folds"), [(lambda a: a, True), (lambda a: min(a, 2), False)]
+)
+def test_a_value_is_read_through_only_an_identity(reverse, of_position, folds) -> None:
     program, basis = reverse
-    k = program.d_var
-    for of_position, folds in ((lambda a: a, True), (lambda a: min(a, 2), False)):
-        copy = _position_mlp(program, "mlp_1_0", of_position)
-        head = ir.CatAttention("attn_2_0", "positions", "positions", "mlp_1_0", tuple(range(k)))
-        built = _with(program, (copy, "categorical", None), (head, "categorical", None))
-        folded = fold_determined(built, basis)
-        _unchanged(built, folded, basis)
-        assert ir.is_read(folded, "mlp_1_0") is not folds
+    copy = _position_mlp(program, "mlp_1_0", of_position)
+    head = ir.CatAttention("attn_2_0", "positions", "positions", "mlp_1_0", tuple(range(8)))
+    built = _with(program, (copy, "categorical", None), (head, "categorical", None))
+    folded = fold_determined(built, basis)
+    _unchanged(built, folded, basis)
+    assert ir.is_read(folded, "mlp_1_0") is not folds
 
 
 def test_a_numerical_variable_read_only_by_the_classifier_moves_onto_its_source(reverse) -> None:
