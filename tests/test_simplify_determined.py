@@ -93,8 +93,8 @@ def test_a_relabelled_position_read_as_query_and_by_the_classifier_goes(reverse)
     _unchanged(built, folded, basis)
     head = folded.modules[-1]
     assert (head.query, head.key) == ("positions", "positions")
-    lengths_seen = range(basis.ids.shape[1])
-    assert [head.predicate[i] for i in lengths_seen] == [2 * (i // 2) for i in lengths_seen]
+    positions = range(basis.ids.shape[1])
+    assert [head.predicate[i] for i in positions] == [2 * (i // 2) for i in positions]
     clf = folded.classifier
     assert "mlp_1_0" not in clf.terms and not ir.is_read(folded, "mlp_1_0")
     # positions' rows gain the MLP's row of what each position is relabelled to (0.0 + w)
