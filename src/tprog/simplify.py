@@ -57,9 +57,12 @@ from tprog.simplify_basis import (
     Basis,
     classifier_rows,
     environment,
+    moved_term,
     predictions,
     real_positions,
+    term_row,
     value_range,
+    without_term,
 )
 from tprog.simplify_determined import fold_determined
 
@@ -143,7 +146,7 @@ def remove_dead_modules(program: Program, basis: Basis) -> Program:
     produced = {module.name for module in program.modules}
     for name in reversed([var.name for var in program.variables]):
         if name in program.classifier.terms:
-            candidate = _without_term(program, name)
+            candidate = without_term(program, name)
             if np.array_equal(predictions(candidate, rows), reference):
                 program = candidate
         unused = name not in program.classifier.terms and not is_read(program, name)
@@ -192,17 +195,6 @@ PASSES: tuple[Callable[[Program, Basis], Program], ...] = (
 # --- dead modules ------------------------------------------------------------------------
 
 
-def _without_term(program: Program, name: str) -> Program:
-    clf = program.classifier
-    classifier = replace(
-        clf,
-        terms=tuple(term for term in clf.terms if term != name),
-        categorical={k: v for k, v in clf.categorical.items() if k != name},
-        numerical={k: v for k, v in clf.numerical.items() if k != name},
-    )
-    return replace(program, classifier=classifier)
-
-
 def _without_module(program: Program, name: str) -> Program:
     return replace(
         program,
@@ -214,17 +206,9 @@ def _without_module(program: Program, name: str) -> Program:
 def _folded(program: Program, name: str, value: int) -> Program:
     """``program`` with ``name``'s weight row at ``value`` added to the ``ones`` term (which
     is 1 at every position) and ``name``'s own term gone."""
-    clf = program.classifier
-    if name in clf.categorical:
-        row = clf.categorical[name][value]
-    else:
-        row = tuple(weight * value for weight in clf.numerical[name])
-    bias = clf.numerical.get("ones", (0.0,) * len(clf.labels))
-    order = [var.name for var in program.variables]  # terms are added in creation order
-    terms = sorted({*clf.terms, "ones"}, key=order.index)
-    numerical = {**clf.numerical, "ones": tuple(b + w for b, w in zip(bias, row, strict=True))}
-    folded = replace(program, classifier=replace(clf, terms=tuple(terms), numerical=numerical))
-    return _without_term(folded, name)
+    bias = program.classifier.numerical.get("ones", (0.0,) * len(program.classifier.labels))
+    row = term_row(program, name, value)
+    return moved_term(program, name, "ones", tuple(b + w for b, w in zip(bias, row, strict=True)))
 
 
 # --- reachable values --------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 Every simplification pass reads a program's variables on its basis (`environment`) and decides
 on them; passes that only drop or fold classifier terms check their candidate against the
-original on each distinct classifier row (`classifier_rows`, `predictions`).
+original on each distinct classifier row (`classifier_rows`, `predictions`), and make those
+edits with `term_row`, `moved_term` and `without_term`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -119,3 +120,41 @@ def value_range(values: np.ndarray) -> tuple[int, int]:
         return 0, 1
     low = int(values.min())
     return low, int(values.max()) - low + 1
+
+
+# --- classifier edits --------------------------------------------------------------------
+
+
+def term_row(program: Program, name: str, value: int) -> tuple[float, ...]:
+    """What ``name``'s classifier term adds to the logits where ``name`` holds ``value``."""
+    clf = program.classifier
+    if name in clf.categorical:
+        return clf.categorical[name][value]
+    return tuple(weight * value for weight in clf.numerical[name])
+
+
+def moved_term(program: Program, name: str, onto: str, weights: tuple) -> Program:
+    """``program`` with ``onto``'s term set to ``weights`` (rows per value when ``onto`` is
+    categorical, one row when numerical), added among the terms where missing, and ``name``'s
+    term gone: ``name``'s weights folded onto ``onto``'s."""
+    clf = program.classifier
+    order = [var.name for var in program.variables]  # terms are added in creation order
+    table = "categorical" if program.variable(onto).kind == "categorical" else "numerical"
+    classifier = replace(
+        clf,
+        terms=tuple(sorted({*clf.terms, onto}, key=order.index)),
+        **{table: {**getattr(clf, table), onto: weights}},
+    )
+    return without_term(replace(program, classifier=classifier), name)
+
+
+def without_term(program: Program, name: str) -> Program:
+    """``program`` without ``name``'s classifier term."""
+    clf = program.classifier
+    classifier = replace(
+        clf,
+        terms=tuple(term for term in clf.terms if term != name),
+        categorical={k: v for k, v in clf.categorical.items() if k != name},
+        numerical={k: v for k, v in clf.numerical.items() if k != name},
+    )
+    return replace(program, classifier=classifier)

@@ -28,7 +28,6 @@ import numpy as np
 from tprog.ir import (
     NEVER,
     CatAttention,
-    Classifier,
     Module,
     NumAttention,
     NumMLP,
@@ -39,8 +38,10 @@ from tprog.simplify_basis import (
     Basis,
     classifier_rows,
     environment,
+    moved_term,
     predictions,
     real_positions,
+    term_row,
     value_range,
 )
 
@@ -110,8 +111,7 @@ def read_through(program: Program, name: str, source: str, mapping: Mapping) -> 
         if rewritten is None:
             return None
         modules.append(rewritten)
-    classifier = _classifier_through(program, name, kind, source, mapping)
-    return replace(program, modules=tuple(modules), classifier=classifier)
+    return _classifier_through(replace(program, modules=tuple(modules)), name, source, mapping)
 
 
 def _reader_through(
@@ -162,35 +162,17 @@ def _head_through(
     )
 
 
-def _classifier_through(
-    program: Program, name: str, kind: str, source: str, mapping: Mapping
-) -> Classifier:
-    """The classifier with ``name``'s weights at ``f(s)`` added to ``source``'s row ``s``."""
+def _classifier_through(program: Program, name: str, source: str, mapping: Mapping) -> Program:
+    """``program`` with ``name``'s weights at ``f(s)`` added to ``source``'s row ``s``."""
     clf = program.classifier
     if name not in clf.terms:
-        return clf
+        return program
     zeros = tuple(0.0 for _ in clf.labels)
-
-    def moved(value: int) -> tuple[float, ...]:  # name's weights where source holds value
-        if value not in mapping:
-            return zeros  # never at a real position
-        if kind == "categorical":
-            return clf.categorical[name][mapping[value]]
-        return tuple(weight * mapping[value] for weight in clf.numerical[name])
-
     base = clf.categorical[source] if source in clf.terms else (zeros,) * program.d_var
     rows = tuple(
-        tuple(b + m for b, m in zip(row, moved(value), strict=True))
+        tuple(b + m for b, m in zip(row, term_row(program, name, mapping[value]), strict=True))
+        if value in mapping
+        else row  # never at a real position
         for value, row in enumerate(base)
     )
-    order = [var.name for var in program.variables]  # terms are added in creation order
-    terms = sorted({*clf.terms, source} - {name}, key=order.index)
-    return replace(
-        clf,
-        terms=tuple(terms),
-        categorical={
-            **{k: v for k, v in clf.categorical.items() if k != name},
-            source: rows,
-        },
-        numerical={k: v for k, v in clf.numerical.items() if k != name},
-    )
+    return moved_term(program, name, source, rows)
