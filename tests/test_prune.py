@@ -2,6 +2,7 @@
 keeps them removed, an interrupted pruning resumes to the identical result, and `tprog continue`
 prunes a finished run without touching it."""
 
+import itertools
 import json
 import re
 import shutil
@@ -130,6 +131,51 @@ def test_fine_tuning_draws_gumbel_noise_unless_told_not_to(tmp_path, monkeypatch
     assert (draws["pruning"] > 0) == noise
 
 
+@pytest.mark.parametrize("straight_through", [True, False])
+def test_fine_tuning_is_straight_through_when_told(tmp_path, monkeypatch, straight_through):
+    real, made = prune_module.Sampling, []
+
+    def recording(*args):
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(prune_module, "Sampling", recording)
+    pruned_run(tmp_path / "hist", **{"train.prune_straight_through": straight_through})
+    assert made, "nothing was fine-tuned"
+    assert {sampling.straight_through for sampling in made} == {straight_through}
+
+
+def test_fine_tuning_with_counterexamples_trains_on_what_the_removal_gets_wrong(
+    tmp_path, monkeypatch
+) -> None:
+    """train.prune_counterexamples: each epoch of a fine-tuning trains on the training split
+    and copies of every domain input the model got wrong before an epoch of that attempt, with
+    its true targets, and the fine-tuning stops once the removal is within tolerance."""
+    real, trained_on = prune_module.with_counterexamples, []
+
+    def recording(dataset, added, repeat, device):
+        trained_on.append({tuple(inputs): targets for inputs, targets in added})
+        return real(dataset, added, repeat, device)
+
+    monkeypatch.setattr(prune_module, "with_counterexamples", recording)
+    settings = {"train.prune_domain": True, "train.refine_holdout": False, "train.prune_epochs": 3}
+    out = pruned_run(tmp_path / "hist", **settings, **{"train.prune_counterexamples": True})
+    tuned = [r for r in read_records(out)[1:] if "train_loss" in r]
+    assert tuned, "nothing was fine-tuned"
+    assert sum(r["epochs"] for r in tuned) == len(trained_on)
+    left = trained_on
+    for record in tuned:
+        epochs, left = left[: record["epochs"]], left[record["epochs"] :]
+        assert all(a.keys() <= b.keys() for a, b in itertools.pairwise(epochs))
+        assert len(epochs[-1]) == record["counterexamples"] > 0
+        assert record["epochs"] == 3 or record["removed"], "stopped while still outside"
+    assert any(r["epochs"] < 3 for r in tuned), "no fine-tuning mended a removal early"
+    run = load_run(out)
+    domain = run.task.input_domain(run.config.data)
+    for epoch in trained_on:
+        assert all(list(targets) == domain.targets(list(x)) for x, targets in epoch.items())
+
+
 def test_with_the_domain_guard_no_removal_leaves_more_of_the_domain_wrong(tmp_path) -> None:
     """hist's domain here is 1,554 inputs; with tolerance 0, a kept removal leaves no more of
     them wrong than the trained model, and the pruned model's count is the program's."""
@@ -159,6 +205,7 @@ def test_with_the_domain_guard_no_removal_leaves_more_of_the_domain_wrong(tmp_pa
     [
         ({"train.prune_domain": True}, "set train.refine_holdout=false"),
         ({"train.prune": False, "train.prune_domain": True}, "needs train.prune=true"),
+        ({"train.prune_counterexamples": True}, "needs train.prune_domain=true"),
     ],
 )
 def test_a_domain_guard_without_its_premises_is_refused(tmp_path, overrides, message) -> None:

@@ -192,13 +192,13 @@ def logged_inputs(log: Path) -> set[tuple[str, ...]]:
 @pytest.fixture
 def trained_on(monkeypatch) -> list[set[tuple[str, ...]]]:
     """The inputs of the counterexamples each refinement round trains on, round by round."""
-    real, rounds = refine_module._with_counterexamples, []
+    real, rounds = refine_module.with_counterexamples, []
 
     def recording(dataset, added, repeat, device):
         rounds.append({tuple(inputs) for inputs, _ in added})
         return real(dataset, added, repeat, device)
 
-    monkeypatch.setattr(refine_module, "_with_counterexamples", recording)
+    monkeypatch.setattr(refine_module, "with_counterexamples", recording)
     return rounds
 
 

@@ -85,6 +85,17 @@ class TrainConfig(_Section):
         description="Gumbel noise in that fine-tuning, as in training; false: each choice is the "
         "plain softmax at the fine-tuning's temperature (see train.refine_noise)",
     )
+    prune_straight_through: bool = Field(
+        False,
+        description="that fine-tuning takes every choice's argmax going forward and its softmax "
+        "at the fine-tuning's temperature going back (see train.refine_straight_through)",
+    )
+    prune_counterexamples: bool = Field(
+        False,
+        description="that fine-tuning also trains on train.refine_repeat copies of every input "
+        "of the domain that the model gets wrong once the module is removed; needs "
+        "train.prune_domain",
+    )
     prune_tolerance: float = Field(
         0.0, ge=0, le=1, description="val accuracy a removal may cost (a fraction, 0.001 = 0.1%)"
     )
@@ -322,6 +333,11 @@ def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
         raise ConfigError("train.tau_end must not exceed train.prune_tau (fine-tuning anneals).")
     if config.train.prune_domain and not config.train.prune:
         raise ConfigError("train.prune_domain guards pruning: it needs train.prune=true.")
+    if config.train.prune_counterexamples and not config.train.prune_domain:
+        raise ConfigError(
+            "train.prune_counterexamples trains on the inputs of the domain a removal gets "
+            "wrong: it needs train.prune_domain=true."
+        )
     if config.train.prune_domain and config.train.refine_holdout:
         raise ConfigError(
             "train.prune_domain judges removals on the task's whole domain, val and test inputs "

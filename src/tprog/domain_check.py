@@ -14,12 +14,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from tprog.data import Dataset, Split, encode_split
 from tprog.model.program import TransformerProgram
 from tprog.rundir import Run
 from tprog.tasks.registry import Example
-from tprog.train import hard_predictions
+from tprog.train import Tensors, hard_predictions
 from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, plan_inputs, score_rows
 
 
@@ -69,3 +70,22 @@ def check_domain(model: TransformerProgram, run: Run, dataset: Dataset, round_: 
 def encode_examples(examples: list[Example], dataset: Dataset) -> Split:
     """``examples`` encoded with the run's vocabularies and context, as its splits are."""
     return encode_split(examples, dataset.vocab, dataset.labels, dataset.n_ctx)
+
+
+def with_counterexamples(
+    dataset: Dataset, added: list[Example], repeat: int, device: str
+) -> Tensors:
+    """The training split followed by ``repeat`` copies of each added counterexample."""
+    extra = encode_examples(added, dataset)
+    train = dataset.train
+
+    def stacked(ours: np.ndarray, theirs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(
+            np.concatenate([ours, np.repeat(theirs, repeat, axis=0)]), device=device
+        )
+
+    return Tensors(
+        stacked(train.ids, extra.ids),
+        stacked(train.target_ids, extra.target_ids),
+        stacked(train.lengths, extra.lengths),
+    )

@@ -44,11 +44,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from tprog.data import Dataset
-from tprog.domain_check import check_domain, encode_examples
+from tprog.domain_check import check_domain, with_counterexamples
 from tprog.errors import RunDirError
 from tprog.model.program import TransformerProgram
 from tprog.prune import keep_removed, removed_modules
@@ -66,7 +63,6 @@ from tprog.tasks.registry import Example
 from tprog.train import (
     Session,
     Stage,
-    Tensors,
     append_line,
     fit,
     hard_predictions,
@@ -165,7 +161,7 @@ class _Rounds:
     def train(self, round_: int, start: int, done: int) -> None:
         cfg = self.cfg
         added = list(self.counterexamples.values())
-        data = _with_counterexamples(self.dataset, added, cfg.refine_repeat, cfg.device)
+        data = with_counterexamples(self.dataset, added, cfg.refine_repeat, cfg.device)
         steps = cfg.refine_epochs * math.ceil(len(data.ids) / cfg.batch_size)
         tau_start = cfg.tau_end if cfg.refine_tau is None else cfg.refine_tau
         stage = Stage(
@@ -221,25 +217,6 @@ def refinement_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
     kept = min(records, key=lambda r: (r["n_wrong_trainable"], r["round"]))
     return {"rounds": records, "kept_round": kept["round"]}
-
-
-def _with_counterexamples(
-    dataset: Dataset, added: list[Example], repeat: int, device: str
-) -> Tensors:
-    """The training split followed by ``repeat`` copies of each added counterexample."""
-    extra = encode_examples(added, dataset)
-    train = dataset.train
-
-    def stacked(ours: np.ndarray, theirs: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(
-            np.concatenate([ours, np.repeat(theirs, repeat, axis=0)]), device=device
-        )
-
-    return Tensors(
-        stacked(train.ids, extra.ids),
-        stacked(train.target_ids, extra.target_ids),
-        stacked(train.lengths, extra.lengths),
-    )
 
 
 def read_counterexamples(path: Path) -> list[Example]:
