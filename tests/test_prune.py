@@ -133,6 +133,7 @@ def test_fine_tuning_draws_gumbel_noise_unless_told_not_to(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("straight_through", [True, False])
 def test_fine_tuning_is_straight_through_when_told(tmp_path, monkeypatch, straight_through):
+    """train.prune_straight_through: every sample the fine-tuning draws is straight-through."""
     real, made = prune_module.Sampling, []
 
     def recording(*args):

@@ -93,8 +93,8 @@ class TrainConfig(_Section):
     prune_counterexamples: bool = Field(
         False,
         description="that fine-tuning also trains on train.refine_repeat copies of every input "
-        "of the domain that the model gets wrong once the module is removed; needs "
-        "train.prune_domain",
+        "of the domain the model got wrong before one of its epochs, and stops once the removal "
+        "is within tolerance; needs train.prune_domain",
     )
     prune_tolerance: float = Field(
         0.0, ge=0, le=1, description="val accuracy a removal may cost (a fraction, 0.001 = 0.1%)"
