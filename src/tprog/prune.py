@@ -238,18 +238,25 @@ def _attempt(
     trial = _copy(session.model)
     removed = [*state.removed, module]
     hold_removed(trial, removed)
-    figures = judge.figures(trial, state.reference)
+    figures, wrong = judge.measure(trial, state.reference)
     record: dict[str, Any] = {"step": state.step, "module": module}
     record |= {f"{name.removesuffix('_accuracy')}_without": x for name, x in figures.items()}
     within = judge.within(figures, state.reference)
     if not within and cfg.prune_epochs:
-        train = Tensors.of(dataset.train, cfg.device)
-        repair = _Repair(judge, trial, dataset, state.reference, cfg)
-        epoch_data = repair.next_data if cfg.prune_counterexamples else lambda: train
-        record["train_loss"] = _fine_tune(trial, epoch_data, removed, session.config, state.step)
         if cfg.prune_counterexamples:
+            repair = _Repair(judge, trial, dataset, state.reference, cfg, (figures, wrong))
+            record["train_loss"] = _fine_tune(
+                trial, repair.next_data, removed, session.config, state.step
+            )
             record |= {"epochs": repair.epochs, "counterexamples": len(repair.seen)}
-        figures = judge.figures(trial, state.reference)
+            # A repair that stopped early has just measured the model as it is now.
+            figures = (repair.measured or judge.measure(trial, state.reference))[0]
+        else:
+            train = Tensors.of(dataset.train, cfg.device)
+            record["train_loss"] = _fine_tune(
+                trial, lambda: train, removed, session.config, state.step
+            )
+            figures = judge.figures(trial, state.reference)
         within = judge.within(figures, state.reference)
     record |= figures
     record["removed"] = within
@@ -336,16 +343,21 @@ class _Repair:
     dataset: Dataset
     reference: dict[str, float]
     cfg: TrainConfig
+    # The model's figures and wrong inputs (`_Judge.measure`) where already taken as it is now:
+    # before the first epoch, by the attempt; after the last, where the repair stopped early.
+    measured: tuple[dict[str, float], list[Example] | None] | None
     seen: dict[tuple[str, ...], Example] = field(default_factory=dict)  # input -> example
     epochs: int = 0
 
     def next_data(self) -> Tensors | None:
-        figures, wrong = self.judge.measure(self.model, self.reference)
-        if self.epochs and self.judge.within(figures, self.reference):
+        figures, wrong = self.measured or self.judge.measure(self.model, self.reference)
+        self.measured = figures, wrong
+        if self.judge.within(figures, self.reference):
             return None
         for example in self.judge.wrong(self.model) if wrong is None else wrong:
             self.seen.setdefault(tuple(example[0]), example)
         self.epochs += 1
+        self.measured = None  # the epoch changes the model
         added = list(self.seen.values())
         return with_counterexamples(self.dataset, added, self.cfg.refine_repeat, self.cfg.device)
 
