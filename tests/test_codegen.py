@@ -440,12 +440,8 @@ def test_generated_source_reads_like_a_program(tmp_path: Path) -> None:
     assert "    return k_token == {'c': 'b'}.get(q_token, 'a')\n" in source
     assert "def num_predicate_0_0(q_token, k_token):" in source
     # 'b' targets id 0 (<pad>), which no key ever holds; 'a' and 'c' ask for themselves
-    assert (
-        "    if q_token == 'b':\n        return False\n"
-        "    else:\n        return k_token == q_token\n"
-    ) in source
-    assert "TABLE_0_0 = {('a', 3): 2}" in source
-    assert "return TABLE_0_0.get((token, position), 1)" in source
+    assert "    return q_token != 'b' and k_token == q_token\n" in source
+    assert "    return {('a', 3): 2}.get((token, position), 1)\n" in source
     # `ones` is always 1: the table is a function of its other input, printed as a lookup
     assert "    return {2: 3}.get(num_attn_0_0, 0)\n" in source
     assert "= aggregate(select_closest(tokens, tokens, predicate_0_0), tokens)\n" in source
@@ -518,10 +514,7 @@ def test_positional_predicates_print_as_offsets() -> None:
     vocab = ("<pad>", "<s>", "a", "b", "1", "2")
     program = induction_program(vocab, ("<pad>", "1", "2", "<unk>"), k)
     source, _ = program_to_python(program)
-    assert (
-        "    if q_position == 0:\n        return k_position == 5\n"
-        "    else:\n        return k_position == q_position - 1\n"
-    ) in source
+    assert "    return k_position == (5 if q_position == 0 else q_position - 1)\n" in source
 
 
 def test_predicates_wanting_several_keys_print_as_a_lookup(tmp_path: Path) -> None:
@@ -629,13 +622,12 @@ def test_a_table_decided_mostly_by_one_input_prints_its_defaults(tmp_path: Path)
     table = [[a % 3 for b in range(6)] for a in range(6)]
     table[1][4], table[4][0] = 5, 2
     program = _positional_mlp_program(tuple(map(tuple, table)))
-    assert _table_source(program_to_python(program)[0], "TABLE_0_0 = {") == (
-        "TABLE_0_0 = {(1, 4): 5, (4, 0): 2}\n\n\n"
+    assert _table_source(program_to_python(program)[0], "def table_0_0") == (
         "def table_0_0(position, attn_0_0):\n"
         '    """The table of mlp_0_0."""\n'
-        "    # position decides, but for the pairs in TABLE_0_0\n"
+        "    # position decides, but for the pairs below\n"
         "    default = {1: 1, 2: 2, 4: 1, 5: 2}.get(position, 0)\n"
-        "    return TABLE_0_0.get((position, attn_0_0), default)"
+        "    return {(1, 4): 5, (4, 0): 2}.get((position, attn_0_0), default)"
     )
     module = _generated_agrees(program, tmp_path)
     assert [[module.table_0_0(a, b) for b in range(6)] for a in range(6)] == table
@@ -685,13 +677,10 @@ def test_a_table_of_one_input_is_a_lookup_over_it(tmp_path: Path) -> None:
             "    # a query not listed matches no key\n"
             "    return k_position == {3: 1, 4: 5}.get(q_position)\n",
         ),
-        # ... unless one rule covers them all: one branch
+        # ... unless one rule covers them all: one condition
         (
             (ir.NEVER, ir.NEVER, ir.NEVER, 1, 2, ir.NEVER),
-            "    if q_position in {3, 4}:\n"
-            "        return k_position == q_position - 2\n"
-            "    else:\n"
-            "        return False\n",
+            "    return q_position in {3, 4} and k_position == q_position - 2\n",
         ),
     ],
 )
@@ -709,6 +698,24 @@ def test_predicates_matching_nothing_for_some_queries(predicate, expected, tmp_p
     assert module.run_batch(inputs) == run_program(program, inputs)
 
 
+def test_a_rule_too_long_for_one_line_prints_as_a_branch(tmp_path: Path) -> None:
+    k = 40
+    vocab = ("<pad>", "<s>", "a", "b", "1", "2", *(f"x{i}" for i in range(6, k)))
+    program = induction_program(vocab, ("<pad>", "1", "2", "<unk>"), k)
+    # every third query wants the key before it, the rest none
+    predicate = tuple(q - 1 if q % 3 == 0 else ir.NEVER for q in range(k))
+    head = dataclasses.replace(program.modules[0], predicate=predicate)
+    program = dataclasses.replace(program, modules=(head, *program.modules[1:]))
+    source, _ = program_to_python(program)
+    assert "    if q_position in {3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39}:\n" in source
+    assert "        return k_position == q_position - 1\n    else:\n        return False\n" in (
+        source
+    )
+    _, module = generate(program, tmp_path)
+    inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", *"ab12" * 5]]
+    assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
+
+
 def test_the_induction_circuit_reads_as_the_paper_states_it() -> None:
     """Layer 0 copies the previous token; layer 1 matches the current letter with it."""
     vocab = ("<pad>", "<s>", "a", "b", "1", "2")
@@ -716,8 +723,5 @@ def test_the_induction_circuit_reads_as_the_paper_states_it() -> None:
     assert (
         "def predicate_1_0(q_token, k_attn_0_0):\n"
         '    """The predicate of attn_1_0."""\n'
-        "    if q_token in {'a', 'b'}:\n"
-        "        return k_attn_0_0 == q_token\n"
-        "    else:\n"
-        "        return False\n"
+        "    return q_token in {'a', 'b'} and k_attn_0_0 == q_token\n"
     ) in source

@@ -177,6 +177,11 @@ def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: 
     if lookup is not None and (len(groups) > 1 or single):
         # Queries wanting different keys: a lookup reads faster than a chain of branches.
         return "\n".join([*lines, *lookup])
+    if len(groups) == 1:
+        ((body, values),) = groups.items()
+        rule = _one_rule(body, values, fallback, q)
+        if rule is not None:
+            return "\n".join([*lines, rule])
     for n, (body, values) in enumerate(groups.items()):
         word = "elif" if n else "if"
         if len(values) == 1:
@@ -186,6 +191,27 @@ def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: 
         lines.append(f"        {body}")
     lines += ["    else:", f"        {fallback}"] if groups else [f"    {fallback}"]
     return "\n".join(lines)
+
+
+def _one_rule(body: str, values: list[str], fallback: str, q: str) -> str | None:
+    """One branch and the fallback as one boolean statement, when it fits on a line:
+    ``q in {...} and k == x``, ``q not in {...} and k == x`` or ``k == (x if q in {...} else
+    y)``; None where the two statements are not both ``return False`` or ``return k == ...``."""
+    one = len(values) == 1
+    inside = f"{q} == {values[0]}" if one else f"{q} in {{{', '.join(values)}}}"
+    outside = f"{q} != {values[0]}" if one else f"{q} not in {{{', '.join(values)}}}"
+    if body == "return False":
+        statement = f"return {outside} and {fallback.removeprefix('return ')}"
+    elif fallback == "return False":
+        statement = f"return {inside} and {body.removeprefix('return ')}"
+    else:
+        k, _, chosen = body.removeprefix("return ").partition(" == ")
+        other, _, otherwise = fallback.removeprefix("return ").partition(" == ")
+        if not chosen or other != k:
+            return None
+        statement = f"return {k} == ({chosen} if {inside} else {otherwise})"
+    line = f"    {statement}"
+    return line if len(line) <= _WIDTH else None
 
 
 def _lookup(fallback: str, exceptions: list[tuple[str, str]], k: str, q: str) -> list[str] | None:
@@ -288,15 +314,15 @@ def _mlp_source(gen: _Gen, module: ir.CatMLP | ir.NumMLP, fn: str) -> str:
     if formula is not None:
         return "\n".join([*_table_head(module, fn, a, b), f"    return {formula}"])
     # One default for the whole table; or a lookup over one input with a rule of its own for
-    # one value of the other; or one default per value of one input: whichever is shortest
-    # (ties: in that order). Many tables depend mostly on one of their inputs. (An MLP reading
-    # one variable twice sees only pairs (x, x): a lookup over x.)
+    # one value of the other; or one default per value of one input: whichever has the fewest
+    # lines, then characters (ties: in that order). Many tables depend mostly on one of their
+    # inputs. (An MLP reading one variable twice sees only pairs (x, x): a lookup over x.)
     layouts = [_table_source(gen, module, entries, fn, (a, b), None)]
     for by in (0, 1) if a_name != b_name else ():
         layouts += _split_sources(gen, module, entries, fn, (a, b), by)
     for by in (0, 1) if a_name != b_name else (0,):
         layouts.append(_table_source(gen, module, entries, fn, (a, b), by))
-    return min(layouts, key=code_lines)
+    return min(layouts, key=lambda source: (code_lines(source), len(source)))
 
 
 def _table_head(module: ir.CatMLP | ir.NumMLP, fn: str, a: str, b: str) -> list[str]:
@@ -317,18 +343,25 @@ def _table_source(
     ]
     const, lines = fn.upper(), _table_head(module, fn, *args)
     fallback = out_lit.get(default, "0")
+    # A few exceptions fit in the return statement; more get a constant of their own.
+    pairs = f"({args[0]}, {args[1]})"
+    local = next(name for name in ("default", "default_", "default__") if name not in args)
+    inline = f"    return {{{', '.join(table)}}}.get({pairs}, {fallback if by is None else local})"
+    inline = inline if len(inline) <= _WIDTH else None
     if by is not None:
         rows = _lookup_items(gen, module, by, per_value)
         closing = f"}}.get({args[by]}, {fallback})"
         if not table:
             return "\n".join([*lines, _wrap("return {", rows, closing, "    ")])
-        local = next(name for name in ("default", "default_", "default__") if name not in args)
-        lines.append(f"    # {args[by]} decides, but for the pairs in {const}")
+        where = "below" if inline else f"in {const}"
+        lines.append(f"    # {args[by]} decides, but for the pairs {where}")
         lines.append(_wrap(f"{local} = {{", rows, closing, "    "))
         fallback = local
     if not table:
         return "\n".join([*lines, f"    return {fallback}"])
-    lookup = f"    return {const}.get(({args[0]}, {args[1]}), {fallback})"
+    if inline:
+        return "\n".join([*lines, inline])
+    lookup = f"    return {const}.get({pairs}, {fallback})"
     return "\n".join([_wrap(f"{const} = {{", table, "}"), "", "", *lines, lookup])
 
 
