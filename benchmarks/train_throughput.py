@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tprog.rundir import Run
 from tprog.tasks import task_config
 from tprog.tasks.registry import get_task
-from tprog.train import Tensors, _train_epoch, new_optimizer, resolve, train
+from tprog.train import Stage, Tensors, _train_epoch, new_optimizer, resolve, train
 
 
 def main() -> None:
@@ -85,9 +85,7 @@ def print_step_cost(config, dataset, batch_sizes=(64, 128, 256, 512), steps=20) 
         times = []
         for number in range(steps + 3):  # the first steps of a new size are warm-up
             started = time.perf_counter()
-            _train_epoch(
-                model, optimizer, one_batch, batch_size, taus, number, generators, noise=True
-            )
+            _train_epoch(model, optimizer, _stage(one_batch, taus), batch_size, number, generators)
             if number >= 3:
                 times.append(time.perf_counter() - started)
         seconds.append(sorted(times)[len(times) // 2])
@@ -100,6 +98,11 @@ def print_step_cost(config, dataset, batch_sizes=(64, 128, 256, 512), steps=20) 
         fixed_ms_per_step=round(1000 * fixed, 2),
         ms_per_example=round(1000 * per_example, 4),
     )
+
+
+def _stage(data: Tensors, taus: np.ndarray) -> Stage:
+    """Training's stage over ``data`` at the temperatures ``taus`` (no checkpoints)."""
+    return Stage(data, taus, start=0, epochs=1, checkpoint_every=10**6)
 
 
 def _training_state(config, dataset):
@@ -134,16 +137,18 @@ def print_profile(config, dataset, rows: int = 25) -> None:
     """One training epoch (after one of warm-up), every operator timed as it runs: the
     operators and shapes that take the most time, per step, and the share each takes."""
     model, optimizer, data, generators = _training_state(config, dataset)
-    taus = np.full(10**6, config.train.tau_start)
-    _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators, noise=True)
+    stage = _stage(data, np.full(10**6, config.train.tau_start))
+
+    def epoch() -> None:
+        _train_epoch(model, optimizer, stage, config.train.batch_size, 0, generators)
+
+    epoch()
     started = time.perf_counter()
-    _train_epoch(model, optimizer, data, config.train.batch_size, taus, 0, generators, noise=True)
+    epoch()
     plain = time.perf_counter() - started
     clock = _OperatorClock()
     with clock:
-        _train_epoch(
-            model, optimizer, data, config.train.batch_size, taus, 0, generators, noise=True
-        )
+        epoch()
     steps = math.ceil(len(data.ids) / config.train.batch_size)
     total = sum(clock.seconds.values())
     print(
