@@ -9,7 +9,7 @@ Hard-model token accuracy: train 1.0000, val 1.0000, test 1.0000.
 On every input of the task's domain (19,530 inputs): token accuracy 1.0000, whole-sequence
 accuracy 1.0000.
 Live: 11 of 12 categorical heads, 12 of 12 numerical heads, 5 of 6 categorical MLPs, 3 of 6
-numerical MLPs; 121 code lines (140 before simplification), 112 of them program() and its
+numerical MLPs; 111 code lines (131 before simplification), 102 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
 has 231 code lines.
 Continued (tprog continue) from the run /work/main/runs/sort-s1-stprune, which was pruned (4
@@ -132,12 +132,9 @@ def table_0_1(position_a, position_b):
     return {3: 3, 4: 3, 5: 4, 6: 4, 7: 4}.get(position_a, 2)
 
 
-NUM_TABLE_0_1 = {(0, 0): 6}
-
-
 def num_table_0_1(num_attn_0_2, num_attn_0_1):
     """The table of num_mlp_0_1."""
-    return NUM_TABLE_0_1.get((num_attn_0_2, num_attn_0_1), 1)
+    return {(0, 0): 6}.get((num_attn_0_2, num_attn_0_1), 1)
 
 
 def predicate_1_0(q_position, k_mlp_0_0):
@@ -171,10 +168,7 @@ def num_predicate_1_1(q_mlp_0_1, k_token):
 
 def num_predicate_1_2(q_position, k_token):
     """The predicate of num_attn_1_2."""
-    if q_position in {0, 1, 2}:
-        return k_token == '0'
-    else:
-        return k_token == '3'
+    return k_token == ('0' if q_position in {0, 1, 2} else '3')
 
 
 def num_predicate_1_3(q_position, k_mlp_0_1):
@@ -185,16 +179,16 @@ def num_predicate_1_3(q_position, k_mlp_0_1):
 
 def table_1_0(attn_1_2, position):
     """The table of mlp_1_0."""
-    if attn_1_2 == '0':
-        return {1: 7, 2: 7}.get(position, 4)
-    return {1: 7, 2: 3}.get(position, 4)
+    # position decides, but for the pairs below
+    default = {1: 7, 2: 3}.get(position, 4)
+    return {('0', 2): 7}.get((attn_1_2, position), default)
 
 
 def table_1_1(attn_1_2, position):
     """The table of mlp_1_1."""
-    if attn_1_2 == '<s>':
-        return {0: 3, 1: 3, 2: 0, 3: 0}.get(position, 6)
-    return {0: 0, 1: 3, 2: 0, 3: 0}.get(position, 6)
+    # position decides, but for the pairs below
+    default = {0: 0, 1: 3, 2: 0, 3: 0}.get(position, 6)
+    return {('<s>', 0): 3}.get((attn_1_2, position), default)
 
 
 def num_table_1_1(num_attn_1_0, num_attn_1_1):
@@ -227,10 +221,7 @@ def predicate_2_3(q_mlp_0_1, k_token):
 
 def num_predicate_2_0(q_position, k_mlp_0_1):
     """The predicate of num_attn_2_0."""
-    if q_position in {0, 1, 6}:
-        return False
-    else:
-        return k_mlp_0_1 == 4
+    return q_position not in {0, 1, 6} and k_mlp_0_1 == 4
 
 
 def num_predicate_2_1(q_position, k_token):
@@ -263,12 +254,9 @@ def table_2_0(attn_2_3, position):
     return TABLE_2_0.get((attn_2_3, position), default)
 
 
-NUM_TABLE_2_0 = {(0, 0): 1, (0, 1): 3, (1, 0): 3, (1, 1): 3}
-
-
 def num_table_2_0(num_attn_2_0, num_attn_1_3):
     """The table of num_mlp_2_0."""
-    return NUM_TABLE_2_0.get((num_attn_2_0, num_attn_1_3), 6)
+    return {(0, 0): 1, (0, 1): 3, (1, 0): 3, (1, 1): 3}.get((num_attn_2_0, num_attn_1_3), 6)
 
 
 # --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.
