@@ -73,24 +73,6 @@ def read_vars(chunks: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Te
     return out.view(weights.shape[0], *rest)
 
 
-# Products with at most this many output columns and many rows go through their transpose.
-_NARROW = 8
-
-
-def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.bmm(a, b)``, contiguous: ``[Z, n, m] x [Z, m, p] -> [Z, n, p]``.
-
-    CPU BLAS handles an output of many rows and few columns (an MLP's ``[4096, 64] x [64, 8]``,
-    a predicate's ``[4096, 8] x [8, 8]``) 3-5x slower than the same product transposed, ``(bᵀ
-    aᵀ)ᵀ``, whose output has few rows and many columns; with the copy back to row-major it is
-    still 1.3-3x faster. Products of tiny matrices (attention's ``[8, 8] x [8, 8]``) stay as
-    they are.
-    """
-    if b.shape[-1] <= _NARROW and a.shape[-2] >= 64 * b.shape[-1]:
-        return torch.bmm(b.transpose(1, 2), a.transpose(1, 2)).transpose(1, 2).contiguous()
-    return torch.bmm(a, b)
-
-
 class _BatchedMatmul(torch.autograd.Function):
     """``a @ b`` over a flat batch: ``[Z, n, m] x [Z, m, p] -> [Z, n, p]``.
 
@@ -104,8 +86,8 @@ class _BatchedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(a, b)
-        out = _bmm(a, b)
-        return out if bias is None else out.add_(bias.unsqueeze(1))  # bias [Z, p] over rows
+        # bias [Z, p] broadcast over rows; fused into the product when present
+        return torch.bmm(a, b) if bias is None else torch.baddbmm(bias.unsqueeze(1), a, b)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -113,7 +95,7 @@ class _BatchedMatmul(torch.autograd.Function):
         grad = grad.contiguous()
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:  # grad @ bᵀ
-            grad_a = _bmm(grad, b.transpose(1, 2).contiguous())
+            grad_a = torch.bmm(grad, b.transpose(1, 2).contiguous())
         if ctx.needs_input_grad[1]:  # aᵀ @ grad, or (gradᵀ @ a)ᵀ when a is the larger
             if a.numel() > grad.numel():
                 grad_b = torch.bmm(grad.transpose(1, 2).contiguous(), a).transpose(1, 2)

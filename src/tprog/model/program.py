@@ -15,7 +15,6 @@ from tprog.model.layers import (
     CatMLP,
     NumAttention,
     NumMLP,
-    batched_matmul,
     random_parameter,
     read_vars,
 )
@@ -125,8 +124,9 @@ class TransformerProgram(nn.Module):
             start = 0
             for chunk in cat:  # [V_c, B, N, k] x [V_c, k, n_labels], summed over variables
                 weights = self.w_cat[start : start + chunk.shape[0]]
-                rows = chunk.view(chunk.shape[0], batch * n, -1)  # [V_c, B*N, k]
-                logits = logits + batched_matmul(rows, weights).sum(0).view(batch, n, -1)
+                logits = logits + (chunk.view(chunk.shape[0], batch * n, -1) @ weights).sum(0).view(
+                    batch, n, -1
+                )
                 start += chunk.shape[0]
             # A large finite value, not -inf: the loss multiplies masked positions by zero.
             return logits.masked_fill(self.masked, -1e9)
