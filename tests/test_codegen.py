@@ -61,6 +61,11 @@ def random_program(seed: int, tokens: tuple[str, ...] = PLAIN, labels=None) -> i
     def pick(names):
         return names[int(rng.integers(len(names)))]
 
+    def key_map():  # keys compared through a map (entry d_var: matches nothing), or as they are
+        return (
+            tuple(int(x) for x in rng.integers(0, d_var + 1, d_var)) if rng.random() < 0.3 else None
+        )
+
     def add(module, kind, value_type="int"):
         modules.append(module)
         variables.append(ir.Variable(module.name, kind, value_type))
@@ -74,12 +79,16 @@ def random_program(seed: int, tokens: tuple[str, ...] = PLAIN, labels=None) -> i
         for h in range(int(rng.integers(0, 3))):
             q, k, v = pick(cat_now), pick(cat_now), pick(cat_now)
             pred = tuple(int(x) for x in rng.integers(0, d_var, d_var))
-            add(ir.CatAttention(f"attn_{layer}_{h}_outputs", q, k, v, pred), "categorical", cat[v])
+            head = ir.CatAttention(f"attn_{layer}_{h}_outputs", q, k, v, pred, key_map())
+            add(head, "categorical", cat[v])
         for h in range(int(rng.integers(0, 3))):
             q, k = pick(cat_now), pick(cat_now)
             v = pick([u for u in num_now if num[u] * n_ctx <= 60] or ["ones"])
             pred = tuple(int(x) for x in rng.integers(0, d_var, d_var))
-            add(ir.NumAttention(f"num_attn_{layer}_{h}_outputs", q, k, v, pred), "numerical")
+            add(
+                ir.NumAttention(f"num_attn_{layer}_{h}_outputs", q, k, v, pred, key_map()),
+                "numerical",
+            )
             num[modules[-1].name] = num[v] * n_ctx
         for m in range(int(rng.integers(0, 2))):
             a, b = pick(list(cat)), pick(list(cat))
@@ -696,6 +705,38 @@ def test_predicates_matching_nothing_for_some_queries(predicate, expected, tmp_p
     inputs = [["<s>", "a", "1", "b", "2", "a"], ["<s>", "b"], ["<s>", "a", "1", "a"]]
     assert [module.run(tokens) for tokens in inputs] == run_program(program, inputs)
     assert module.run_batch(inputs) == run_program(program, inputs)
+
+
+@pytest.mark.parametrize(
+    ("predicate", "key_map", "expected"),
+    [
+        # positions relabelled as halves: query q matches the keys of half q
+        (
+            (0, 1, 2, ir.NEVER, ir.NEVER, ir.NEVER),
+            (0, 0, 1, 1, 2, 2),
+            "    return k_position in {0: {0, 1}, 1: {2, 3}, 2: {4, 5}}.get(q_position, set())\n",
+        ),
+        # every query wants the same label: one set, whatever the query
+        ((1,) * 6, (0, 1, 0, 1, 6, 1), "    return k_position in {1, 3, 5}\n"),
+        # one label with one key, the other with three; a value mapped to 6 matches nothing
+        (
+            (0, 0, 0, 0, 1, 1),
+            (6, 1, 0, 1, 6, 1),
+            "    return k_position in ({1, 3, 5} if q_position in {4, 5} else {2})\n",
+        ),
+    ],
+)
+def test_keys_compared_through_a_key_map_print_as_sets(
+    predicate, key_map, expected, tmp_path
+) -> None:
+    k = 6
+    vocab = ("<pad>", "<s>", "a", "b", "1", "2")
+    program = induction_program(vocab, ("<pad>", "1", "2", "<unk>"), k)
+    head = dataclasses.replace(program.modules[0], predicate=predicate, key_map=key_map)
+    program = dataclasses.replace(program, modules=(head, *program.modules[1:]))
+    source, _ = program_to_python(program)
+    assert expected in source
+    _generated_agrees(program, tmp_path)
 
 
 def test_a_rule_too_long_for_one_line_prints_as_a_branch(tmp_path: Path) -> None:

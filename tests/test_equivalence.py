@@ -1,6 +1,7 @@
 """The central property: hard model == IR interpreter == generated code (its per-input `run` and
 its numpy `run_batch`), on random models."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from tprog.codegen import load_program_module, write_program
 from tprog.extract import model_to_ir
 from tprog.interpret import predict_ids
-from tprog.ir import Program
+from tprog.ir import CatAttention, NumAttention, Program
 from tprog.model.layout import Layout
 from tprog.model.program import Shape, TransformerProgram
 from tprog.model.sampling import Sampling
@@ -51,6 +52,19 @@ def random_models(draw):
     # Random read, predicate, MLP and classifier logits: a fresh model is a random hard model.
     model = TransformerProgram(shape, [True] + [False] * 4, torch.Generator().manual_seed(seed))
     return model.eval(), seed
+
+
+def with_random_key_maps(program: Program, rng: np.random.Generator) -> Program:
+    """``program`` with about half of its heads comparing keys through a random ``key_map``,
+    as simplification writes them; entry ``d_var`` matches no query."""
+    d_var = program.d_var
+    modules = tuple(
+        replace(module, key_map=tuple(int(v) for v in rng.integers(0, d_var + 1, d_var)))
+        if isinstance(module, CatAttention | NumAttention) and rng.random() < 0.5
+        else module
+        for module in program.modules
+    )
+    return replace(program, modules=modules)
 
 
 @settings(

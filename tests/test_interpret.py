@@ -46,6 +46,11 @@ def random_program(rng: np.random.Generator, n_ctx: int, causal: bool) -> ir.Pro
         wanted = np.where(rng.random(d_var) < 0.1, ir.NEVER, rng.integers(0, d_var, d_var))
         return tuple(int(x) for x in wanted)
 
+    def key_map():  # keys compared through a map (entry d_var: matches nothing), or as they are
+        return (
+            tuple(int(x) for x in rng.integers(0, d_var + 1, d_var)) if rng.random() < 0.5 else None
+        )
+
     def table(rows, cols):
         return tuple(tuple(int(x) for x in row) for row in rng.integers(0, d_var, (rows, cols)))
 
@@ -54,13 +59,17 @@ def random_program(rng: np.random.Generator, n_ctx: int, causal: bool) -> ir.Pro
         for h in range(int(rng.integers(0, 4))):
             name = f"attn_{layer}_{h}_outputs"
             modules.append(
-                ir.CatAttention(name, pick(cat_now), pick(cat_now), pick(cat_now), predicate())
+                ir.CatAttention(
+                    name, pick(cat_now), pick(cat_now), pick(cat_now), predicate(), key_map()
+                )
             )
             cat.append(name)
         for h in range(int(rng.integers(0, 4))):
             name = f"num_attn_{layer}_{h}_outputs"
             value = pick([u for u in num_now if num[u] * n_ctx <= 300] or ["ones"])
-            modules.append(ir.NumAttention(name, pick(cat_now), pick(cat_now), value, predicate()))
+            modules.append(
+                ir.NumAttention(name, pick(cat_now), pick(cat_now), value, predicate(), key_map())
+            )
             num[name] = num[value] * n_ctx
         for m in range(int(rng.integers(0, 3))):
             name = f"mlp_{layer}_{m}_outputs"

@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from tests.test_equivalence import LABELS, VOCAB, random_models
 from tests.test_reverse_circuit import reverse_on_its_domain
 from tprog import ir
+from tprog.codegen import program_to_python
 from tprog.extract import model_to_ir
 from tprog.interpret import evaluate, predict_ids
-from tprog.simplify import PASSES, Basis, remove_dead_modules, simplify
+from tprog.simplify import PASSES, Basis, readable_predicates, remove_dead_modules, simplify
 from tprog.simplify_determined import fold_determined, function_of
 
 
@@ -107,20 +108,46 @@ def test_a_relabelled_position_read_as_query_and_by_the_classifier_goes(reverse)
     assert "mlp_1_0" in {m.name for m in remove_dead_modules(built, basis).modules}
 
 
-@pytest.mark.parametrize(
-    ("of_position", "folds"), [(lambda a: (a + 1) % 8, True), (lambda a: a // 2, False)]
-)
-def test_a_key_is_read_through_only_a_one_to_one_relabelling(reverse, of_position, folds) -> None:
+def test_a_key_relabelled_one_to_one_is_read_through_a_rewritten_predicate(reverse) -> None:
     program, basis = reverse
-    relabelled = _position_mlp(program, "mlp_1_0", of_position)
+    relabelled = _position_mlp(program, "mlp_1_0", lambda a: (a + 1) % 8)
     head = ir.CatAttention("attn_2_0", "positions", "mlp_1_0", "tokens", tuple(range(8)))
     built = _with(program, (relabelled, "categorical", None), (head, "categorical", None))
     folded = fold_determined(built, basis)
     _unchanged(built, folded, basis)
-    assert ir.is_read(folded, "mlp_1_0") is not folds
-    if folds:  # k == f(q) over relabelled keys: the key position whose label is q
-        assert folded.modules[-1].key == "positions"
-        assert folded.modules[-1].predicate[3] == 2
+    assert not ir.is_read(folded, "mlp_1_0")
+    # k == f(q) over relabelled keys: the key position whose label is q
+    assert folded.modules[-1].key == "positions"
+    assert folded.modules[-1].predicate[3] == 2
+    assert folded.modules[-1].key_map is None
+
+
+def test_a_key_relabelled_many_to_one_is_read_through_a_key_map(reverse) -> None:
+    program, basis = reverse
+    half = _position_mlp(program, "mlp_1_0", lambda a: a // 2)
+    head = ir.NumAttention("num_attn_2_0", "positions", "mlp_1_0", "ones", tuple(range(8)))
+    built = _with(program, (half, "categorical", None), (head, "numerical", None))
+    folded = fold_determined(built, basis)
+    _unchanged(built, folded, basis)
+    assert not ir.is_read(folded, "mlp_1_0")
+    head = folded.modules[-1]
+    assert (head.key, head.key_map) == ("positions", tuple(a // 2 for a in range(8)))
+    assert ir.matched_keys(head, 3, 8) == [6, 7]  # query 3 counts the keys at 6 and 7
+    source, _ = program_to_python(folded)
+    assert "    return k_position in {0: {0, 1}, 1: {2, 3}, 2: {4, 5}, 3: {6, 7}}" in source
+
+
+def test_a_key_map_goes_where_each_query_meets_one_of_its_keys(reverse) -> None:
+    """<pad> (0) is compared as '0' (3), but no real key holds it: a plain predicate is exact."""
+    program, basis = reverse
+    head = ir.NumAttention(
+        "num_attn_2_0", "positions", "tokens", "ones", tuple(range(8)), (3, *range(1, 8))
+    )
+    built = _with(program, (head, "numerical", None))
+    readable = readable_predicates(built, basis)
+    _unchanged(built, readable, basis)
+    assert readable.modules[-1].key_map is None
+    assert readable.modules[-1].predicate[3] == 3
 
 
 @pytest.mark.parametrize(

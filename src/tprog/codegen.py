@@ -150,11 +150,14 @@ def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: 
     q, k = f"q_{_singular(module.query)}", f"k_{_singular(module.key)}"
     bodies = {}  # query value -> its exact return statement
     for value in gen.domain(module.query, len(module.predicate)):
-        target = module.predicate[value]
-        never = target == ir.NEVER or (
-            gen.token_valued(module.key) and target not in gen.domain(module.key, target + 1)
-        )  # no key ever holds the value asked for
-        bodies[value] = "return False" if never else f"return {k} == {gen.lit(module.key, target)}"
+        matched = [gen.lit(module.key, key) for key in _matched(gen, module, value)]
+        bodies[value] = (
+            "return False"
+            if not matched
+            else f"return {k} == {matched[0]}"
+            if len(matched) == 1
+            else f"return {k} in {{{', '.join(matched)}}}"
+        )
     covered = {body: [v for v in bodies if bodies[v] == body] for body in bodies.values()}
     relative = _relative_rules(gen, module, bodies, q, k)
     covered.update(relative)
@@ -193,10 +196,24 @@ def _predicate_source(gen: _Gen, module: ir.CatAttention | ir.NumAttention, fn: 
     return "\n".join(lines)
 
 
+def _matched(gen: _Gen, module: ir.CatAttention | ir.NumAttention, value: int) -> list[int]:
+    """The key values a query holding ``value`` matches, of those a key can hold."""
+    if module.key_map is None:  # one, unless no key ever holds it
+        target = module.predicate[value]
+        never = target == ir.NEVER or (
+            gen.token_valued(module.key) and target not in gen.domain(module.key, target + 1)
+        )
+        return [] if never else [target]
+    held = gen.domain(module.key, len(module.key_map))
+    return [key for key in ir.matched_keys(module, value, len(module.key_map)) if key in held]
+
+
 def _one_rule(body: str, values: list[str], fallback: str, q: str) -> str | None:
     """One branch and the fallback as one boolean statement, when it fits on a line:
-    ``q in {...} and k == x``, ``q not in {...} and k == x`` or ``k == (x if q in {...} else
-    y)``; None where the two statements are not both ``return False`` or ``return k == ...``."""
+    ``q in {...} and k == x``, ``q not in {...} and k == x``, ``k == (x if q in {...} else
+    y)`` or, where a query matches several key values, ``k in ({...} if q in {...} else
+    {...})``; None where the two statements are not ``return False``, ``return k == ...`` or
+    ``return k in {...}``."""
     one = len(values) == 1
     inside = f"{q} == {values[0]}" if one else f"{q} in {{{', '.join(values)}}}"
     outside = f"{q} != {values[0]}" if one else f"{q} not in {{{', '.join(values)}}}"
@@ -205,22 +222,39 @@ def _one_rule(body: str, values: list[str], fallback: str, q: str) -> str | None
     elif fallback == "return False":
         statement = f"return {inside} and {body.removeprefix('return ')}"
     else:
-        k, _, chosen = body.removeprefix("return ").partition(" == ")
-        other, _, otherwise = fallback.removeprefix("return ").partition(" == ")
-        if not chosen or other != k:
+        (k, test, chosen), (other, other_test, otherwise) = map(_comparison, (body, fallback))
+        if not chosen or not otherwise or other != k:
             return None
-        statement = f"return {k} == ({chosen} if {inside} else {otherwise})"
+        if test != other_test:  # a key value and a set of them: both as sets
+            chosen, otherwise = (
+                x if t == "in" else f"{{{x}}}" for x, t in ((chosen, test), (otherwise, other_test))
+            )
+            test = "in"
+        statement = f"return {k} {test} ({chosen} if {inside} else {otherwise})"
     line = f"    {statement}"
     return line if len(line) <= _WIDTH else None
+
+
+def _comparison(body: str) -> tuple[str, str, str]:
+    """``return k == x`` as ``(k, "==", x)``, ``return k in {...}`` as ``(k, "in", "{...}")``;
+    anything else with an empty last part."""
+    for test in ("==", "in"):
+        k, found, compared = body.removeprefix("return ").partition(f" {test} ")
+        if found:
+            return k, test, compared
+    return body, "", ""
 
 
 def _lookup(fallback: str, exceptions: list[tuple[str, str]], k: str, q: str) -> list[str] | None:
     """The body ``return k == {query: key, ...}.get(q, fallback key)`` when every statement is
     ``return k == <expression>`` or ``return False`` (written as key None, which no key equals,
     or by leaving the query out when the fallback is False); else None."""
+    bodies = [fallback, *(b for _, b in exceptions)]
+    if any(body.startswith(f"return {k} in ") for body in bodies):
+        return _set_lookup(bodies, exceptions, k, q)
     prefix = f"return {k} == "
     keys = {"return False": "None"}
-    for body in [fallback, *(b for _, b in exceptions)]:
+    for body in bodies:
         if body not in keys and not body.startswith(prefix):
             return None
         keys.setdefault(body, body.removeprefix(prefix))
@@ -234,6 +268,22 @@ def _lookup(fallback: str, exceptions: list[tuple[str, str]], k: str, q: str) ->
     return [*note, _wrap(f"return {k} == {{", entries, f"}}.get({q}{default})", "    ")]
 
 
+def _set_lookup(bodies: list[str], exceptions: list[tuple[str, str]], k: str, q: str) -> list[str]:
+    """``return k in {query: {key, ...}, ...}.get(q, {fallback keys})``, for predicates whose
+    queries may match several key values; every body is ``return False``, ``return k == x`` or
+    ``return k in {...}`` (`_predicate_source`)."""
+
+    def keys(body: str) -> str:
+        if body == "return False":
+            return "set()"
+        if body.startswith(f"return {k} == "):
+            return "{" + body.removeprefix(f"return {k} == ") + "}"
+        return body.removeprefix(f"return {k} in ")
+
+    entries = [f"{query}: {keys(body)}" for query, body in exceptions]
+    return [_wrap(f"return {k} in {{", entries, f"}}.get({q}, {keys(bodies[0])})", "    ")]
+
+
 def _relative_rules(
     gen: _Gen, module: ir.CatAttention | ir.NumAttention, bodies: dict, q: str, k: str
 ) -> dict[str, list[int]]:
@@ -241,7 +291,7 @@ def _relative_rules(
     values whose exact statement it equals. Keys are ``0..d_var-1``, so where ``q + c`` falls
     outside, ``k == q + c`` is ``return False`` exactly."""
     same_type = gen.token_valued(module.query) == gen.token_valued(module.key)
-    if not same_type:
+    if not same_type or module.key_map is not None:  # keys compared through a map: sets
         return {}
     integers = not gen.token_valued(module.key)
     shifts = range(1 - len(module.predicate), len(module.predicate)) if integers else (0,)

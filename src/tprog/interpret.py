@@ -175,6 +175,12 @@ Attention = CatAttention | NumAttention
 Env = dict[str, np.ndarray]
 
 
+def compared_keys(module: Attention, env: Env) -> np.ndarray:
+    """``[B, n]``: what each key is compared as, its value or, with a ``key_map``, its image."""
+    key = env[module.key]
+    return key if module.key_map is None else _gather(_array(module.key_map), key)
+
+
 class _DenseKeys:
     """Attention over any context: every query against every key, ``[B, n, n]`` booleans."""
 
@@ -183,7 +189,8 @@ class _DenseKeys:
 
     def matches(self, module: Attention, env: Env) -> np.ndarray:
         wanted = _array(module.predicate)[env[module.query]]  # [B, n]: the key value i matches
-        return (env[module.key][:, None, :] == wanted[:, :, None]) & self.allowed  # [B, n, n]
+        keys = compared_keys(module, env)
+        return (keys[:, None, :] == wanted[:, :, None]) & self.allowed  # [B, n, n]
 
     def aggregate(self, module: CatAttention, env: Env) -> np.ndarray:
         selected = _select_closest(self.matches(module, env))
@@ -212,7 +219,8 @@ class _BitsetKeys:
         # of two below 2**16 are exact.
         self.key_bits = np.where(self.real, 2.0**positions, 0.0)
         self.visible = (2 << positions) - 1 if causal else None  # [n]: keys j <= i
-        self.sets: dict[str, tuple[np.ndarray, int]] = {}
+        # (key variable, key_map) -> its per-(row, key value) bitsets, see `matches`
+        self.sets: dict[tuple[str, tuple[int, ...] | None], tuple[np.ndarray, int]] = {}
 
     def _cells(self, key: np.ndarray) -> tuple[np.ndarray, int]:
         """Each key's cell ``b * V + key[b, j]`` ``[B, n]`` in a flat per-(row, key value) table
@@ -231,12 +239,13 @@ class _BitsetKeys:
 
     def matches(self, module: Attention, env: Env) -> np.ndarray:
         """``[B, n]``: the bitset of keys that query ``i`` may select."""
-        if module.key not in self.sets:
-            cells, n_columns = self._cells(env[module.key])
+        compared = module.key, module.key_map
+        if compared not in self.sets:
+            cells, n_columns = self._cells(compared_keys(module, env))
             size = self.rows.size * n_columns
             bits = np.bincount(cells.ravel(), self.key_bits.ravel(), minlength=size)
-            self.sets[module.key] = bits.astype(np.int64), n_columns
-        found = self._wanted(*self.sets[module.key], module, env)
+            self.sets[compared] = bits.astype(np.int64), n_columns
+        found = self._wanted(*self.sets[compared], module, env)
         return found if self.visible is None else found & self.visible
 
     def aggregate(self, module: CatAttention, env: Env) -> np.ndarray:
@@ -254,7 +263,7 @@ class _BitsetKeys:
             return _set_sizes(self.n).take(self.matches(module, env), mode="clip")
         value = env[module.value]
         if self.visible is None:  # every query sees every key: total the values per key value
-            cells, n_columns = self._cells(env[module.key])
+            cells, n_columns = self._cells(compared_keys(module, env))
             sums = np.zeros(self.rows.size * n_columns, dtype=np.int64)
             np.add.at(sums, cells[self.real], value[self.real])
             return self._wanted(sums, n_columns, module, env)

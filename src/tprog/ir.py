@@ -57,25 +57,34 @@ def current_name(name: str) -> str:
 @dataclass(frozen=True)
 class CatAttention:
     """``out[i] = value[j*]`` where ``j*`` is the closest allowed ``j`` with
-    ``key[j] == predicate[query[i]]`` (see DESIGN.md), or 0 (BOS) when there is none."""
+    ``key[j] == predicate[query[i]]`` (see DESIGN.md), or 0 (BOS) when there is none.
+
+    With a ``key_map`` (``d_var`` entries, each in ``0..d_var``), keys are compared through it:
+    ``key_map[key[j]] == predicate[query[i]]``, so a query value may match several key values;
+    ``d_var``, which no predicate names, matches none. Extraction never writes one;
+    simplification does, where a head read a relabelling of an earlier variable as its key
+    (`tprog.simplify_determined`)."""
 
     name: str
     query: str
     key: str
     value: str
     predicate: tuple[int, ...]  # query value -> the one key value it matches, or NEVER
+    key_map: tuple[int, ...] | None = None  # key value -> the value it is compared as
     kind: Literal["cat_attention"] = "cat_attention"
 
 
 @dataclass(frozen=True)
 class NumAttention:
-    """``out[i] = sum of value[j]`` over allowed ``j`` with ``key[j] == predicate[query[i]]``."""
+    """``out[i] = sum of value[j]`` over allowed ``j`` with ``key[j] == predicate[query[i]]``
+    (through ``key_map`` where there is one, as in `CatAttention`)."""
 
     name: str
     query: str
     key: str
     value: str
     predicate: tuple[int, ...]  # query value -> the one key value it matches, or NEVER
+    key_map: tuple[int, ...] | None = None  # key value -> the value it is compared as
     kind: Literal["num_attention"] = "num_attention"
 
 
@@ -109,6 +118,15 @@ def reads(module: Module) -> tuple[str, ...]:
     if isinstance(module, CatAttention | NumAttention):
         return (module.query, module.key, module.value)
     return module.inputs
+
+
+def matched_keys(head: CatAttention | NumAttention, query_value: int, d_var: int) -> list[int]:
+    """The key values (of ``0..d_var-1``) a query holding ``query_value`` matches."""
+    target = head.predicate[query_value]
+    if target == NEVER:
+        return []
+    compared = head.key_map or range(d_var)
+    return [value for value in range(d_var) if compared[value] == target]
 
 
 def is_read(program: Program, name: str) -> bool:

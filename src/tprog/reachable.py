@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tprog.ir import NEVER, CatAttention, CatMLP, NumAttention, NumMLP, Program
+from tprog.ir import CatAttention, CatMLP, NumAttention, NumMLP, Program, matched_keys
 
 # input length -> the token ids each position of an input of that length may hold
 TokenSets = Mapping[int, Sequence[Sequence[int]]]
@@ -98,9 +98,8 @@ def _run(program: Program, length: int, tokens: Sequence[Sequence[int]], found: 
 def _wants(module: CatAttention | NumAttention, d_var: int) -> np.ndarray:
     """``[query value, key value]`` bool: the predicate as a matrix."""
     wants = np.zeros((d_var, d_var), dtype=bool)
-    for q, target in enumerate(module.predicate):
-        if target != NEVER and 0 <= target < d_var:
-            wants[q, target] = True
+    for q in range(len(module.predicate)):
+        wants[q, matched_keys(module, q, d_var)] = True
     return wants
 
 

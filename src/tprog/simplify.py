@@ -50,6 +50,7 @@ from tprog.ir import (
     Program,
     Variable,
     is_read,
+    matched_keys,
 )
 from tprog.reachable import Reach
 from tprog.simplify_basis import (
@@ -98,12 +99,10 @@ def rewrites_beyond_basis(original: Program, simplified: Program, found: Reach) 
     entries = rows = 0
     for module in simplified.modules:
         if isinstance(module, CatAttention | NumAttention):
-            meets = found.meets[module.name]
-            for q, (old, new) in enumerate(
-                zip(before[module.name].predicate, module.predicate, strict=True)
-            ):
-                selects = [t for t in (old, new) if t != NEVER and 0 <= t < len(meets)]
-                rows += old != new and any(meets[q, t] for t in selects)
+            meets, was = found.meets[module.name], before[module.name]
+            for q in range(len(module.predicate)):
+                old, new = (set(matched_keys(head, q, len(meets))) for head in (was, module))
+                rows += old != new and any(meets[q, k] for k in old | new)
         else:
             changed = np.array(before[module.name].table) != np.array(module.table)
             entries += int((changed & found.pairs[module.name]).sum())
@@ -177,8 +176,12 @@ def readable_predicates(program: Program, basis: Basis) -> Program:
     for module in program.modules:
         if isinstance(module, CatAttention | NumAttention):
             meets = all_meets[module.name]
-            forms = _predicate_forms(variables[module.query], variables[module.key], meets)
-            module = _simplest_predicate(module, meets, forms)
+            module = _without_key_map(module, meets)
+            if module.key_map is None:
+                forms = _predicate_forms(variables[module.query], variables[module.key], meets)
+                module = _simplest_predicate(module, meets, forms)
+            else:  # several key values per query: no form above prints it shorter
+                module = _simplest_predicate(module, meets, forms=())
         modules.append(module)
     return replace(program, modules=tuple(modules))
 
@@ -283,6 +286,19 @@ def _predicate_forms(query: Variable, key: Variable, meets: np.ndarray):
                 yield lambda q, c=c: q + c
 
 
+def _without_key_map(module: CatAttention | NumAttention, meets: np.ndarray):
+    """``module`` without its ``key_map`` where no query value selects more than one key value
+    on the basis: each then matches that one value (or nothing), as a plain predicate does."""
+    if module.key_map is None:
+        return module
+    d_var = len(meets)
+    seen = [[k for k in matched_keys(module, q, d_var) if meets[q, k]] for q in range(d_var)]
+    if any(len(keys) > 1 for keys in seen):
+        return module
+    predicate = tuple(keys[0] if keys else NEVER for keys in seen)
+    return replace(module, key_map=None, predicate=predicate)
+
+
 def _simplest_predicate(
     module: CatAttention | NumAttention, meets: np.ndarray, forms
 ) -> CatAttention | NumAttention:
@@ -291,8 +307,10 @@ def _simplest_predicate(
     that select nothing on the basis."""
     d_var = len(meets)
 
+    compared = module.key_map or range(d_var)  # key value -> the value it is compared as
+
     def selects(q: int, target: int) -> bool:
-        return 0 <= target < d_var and bool(meets[q, target])
+        return any(meets[q, k] for k in range(d_var) if compared[k] == target != NEVER)
 
     def same_keys(form) -> bool:
         return all(

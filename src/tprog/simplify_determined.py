@@ -7,8 +7,9 @@ reader of such a variable ``x = f(y)`` can read ``y`` instead:
 
   * a predicate reading ``x`` as its query asks, for query value ``y``, what it asked for
     ``f(y)``;
-  * as its key, only where ``f`` is one-to-one on the values that occur: a predicate names one
-    key value per query value, and ``f(k) == t`` may hold for several ``k``;
+  * as its key, with the predicate rewritten where ``f`` is one-to-one on the values that occur,
+    else through a ``key_map`` (``f(k) == t`` may hold for several ``k``, and a predicate names
+    one key value per query value): the head compares ``f(k)``, and prints as ``k in {...}``;
   * as a head's value, only where ``f`` is the identity: the head copies the value itself;
   * an MLP's table is composed with ``f``;
   * the classifier's rows of ``x`` move onto those of ``y`` (a numerical ``x``: its row times
@@ -148,17 +149,21 @@ def _head_through(
     predicate = head.predicate
     if head.query == name:  # query value s asks for what f(s) asked for
         predicate = tuple(predicate[mapping[s]] if s in mapping else NEVER for s in range(d_var))
-    if head.key == name:  # key value s matches where f(s) did: one s per target, or none
+    key_map = head.key_map
+    if head.key == name:  # key value s matches where f(s) did
         inverse = {t: s for s, t in mapping.items()}
-        if len(inverse) < len(mapping):
-            return None
-        predicate = tuple(inverse.get(target, NEVER) for target in predicate)
+        if key_map is None and len(inverse) == len(mapping):  # one s per target, or none
+            predicate = tuple(inverse.get(target, NEVER) for target in predicate)
+        else:  # s is compared as f(s); a value that never occurs, as one no query asks for
+            compared = key_map or range(d_var)
+            key_map = tuple(compared[mapping[s]] if s in mapping else d_var for s in range(d_var))
     return replace(
         head,
         query=source if head.query == name else head.query,
         key=source if head.key == name else head.key,
         value=source if head.value == name else head.value,
         predicate=predicate,
+        key_map=key_map,
     )
 
 
