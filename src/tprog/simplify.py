@@ -29,7 +29,9 @@ Passes, in order:
   * `readable_predicates`: a predicate that selects the same keys on the basis as
     "matches nothing", ``k == q``, ``k == c`` or ``k == q + c`` becomes exactly that for every
     query value, so the generated code prints one exact line; otherwise the rows that never
-    select a key on the basis become "matches nothing" (`ir.NEVER`).
+    select a key on the basis become "matches nothing" (`ir.NEVER`). A head comparing keys
+    through a ``key_map`` (`fold_determined`) loses it where no query value selects more than
+    one key value on the basis, and is then a plain predicate like any other.
 """
 
 from __future__ import annotations
