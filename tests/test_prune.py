@@ -297,6 +297,28 @@ def test_continue_prunes_a_finished_run_as_training_with_pruning_would(
     assert {path.name: path.read_bytes() for path in trained.iterdir()} == before
 
 
+def test_pruning_stops_after_its_patience_of_refusals(trained, tmp_path) -> None:
+    """With train.prune_patience=1, the first refusal ends the pruning: its attempts are those
+    of the same pruning without patience up to it, and the modules after it are reported as not
+    tried. (Removals without fine-tuning: more of them are refused, and sooner.)"""
+    free = ("train.prune=true", "train.prune_epochs=0")
+    full, patient = tmp_path / "full", tmp_path / "patient"
+    assert tprog("continue", str(trained), *free, "--out", str(full)).returncode == 0
+    attempts = read_records(full)[1:]
+    first_refused = next(n for n, record in enumerate(attempts) if not record["removed"])
+    assert first_refused < len(attempts) - 1  # modules are left to try after it
+    result = tprog("continue", str(trained), *free, "train.prune_patience=1", "--out", str(patient))
+    assert result.returncode == 0, result.stderr
+    assert read_records(patient)[1:] == attempts[: first_refused + 1]
+    pruning = json.loads((patient / "results.json").read_text())["pruning"]
+    order = read_records(full)[0]["order"]
+    assert pruning["not_tried"] == order[first_refused + 1 :]
+    not_tried = len(order) - first_refused - 1
+    assert f"heads and MLPs tried ({not_tried} not: train.prune_patience)" in result.stdout
+    header = " ".join((patient / "program.py").read_text().split())
+    assert f"then stopped with {not_tried} not tried" in header
+
+
 def test_continue_refuses_what_would_change_the_trained_model(trained, reference, tmp_path):
     with pytest.raises(ConfigError, match=re.escape("'train.lr' would change the trained model")):
         continue_run(trained, tmp_path / "a", {"train.lr": 0.1}, progress=False)

@@ -126,9 +126,10 @@ def _print_results(results: dict, program_path: Path) -> None:
     )
     if results.get("pruning"):
         pruning = results["pruning"]
-        tried = len(pruning["attempts"])
+        tried, not_tried = len(pruning["attempts"]), len(pruning.get("not_tried", []))
+        stopped = f" tried ({not_tried} not: train.prune_patience)" if not_tried else ""
         click.echo(
-            f"pruning: removed {len(pruning['removed'])} of {tried} heads and MLPs; "
+            f"pruning: removed {len(pruning['removed'])} of {tried} heads and MLPs{stopped}; "
             f"{describe_change(pruning)}"
         )
     if results.get("refinement"):

@@ -99,6 +99,12 @@ class TrainConfig(_Section):
     prune_tolerance: float = Field(
         0.0, ge=0, le=1, description="val accuracy a removal may cost (a fraction, 0.001 = 0.1%)"
     )
+    prune_patience: int = Field(
+        0,
+        ge=0,
+        description="stop pruning once this many removals in a row were refused; the modules "
+        "not yet tried stay (0: try every module)",
+    )
     prune_domain: bool = Field(
         False,
         description="also keep a removal only while the hard model's accuracy on the task's "

@@ -294,10 +294,15 @@ def _pruned_sentence(run: Run) -> list[str]:
     pruning = pruning_summary(run.path)
     if pruning is None:
         return []
-    return [
-        f"Pruned after training (train.prune): {len(pruning['removed'])} of "
-        f"{len(pruning['attempts'])} heads and MLPs removed, {describe_change(pruning)}."
-    ]
+    removed, tried = len(pruning["removed"]), len(pruning["attempts"])
+    not_tried = len(pruning.get("not_tried", []))
+    what = (
+        f"{removed} of the {tried} heads and MLPs tried removed, then stopped with {not_tried} "
+        "not tried (train.prune_patience refusals in a row)"
+        if not_tried
+        else f"{removed} of {tried} heads and MLPs removed"
+    )
+    return [f"Pruned after training (train.prune): {what}, {describe_change(pruning)}."]
 
 
 def _refined_sentence(run: Run) -> list[str]:

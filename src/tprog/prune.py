@@ -40,6 +40,12 @@ With both (``train.prune_tau=0.1``, ``train.prune_lr=0.001``, 6 epochs at most) 
 pruning mended its first removals to 3 to 6 wrong inputs (``num_mlp_1_0``: 53 to 3 in 3
 epochs), and kept 4 at tolerance 0.0003 (`results/refinement/`, 2026-12-05).
 
+Later attempts cost the most and are kept the least: each module is missed more than the one
+before, and a repair that fails piles up counterexamples (a second pass over that sort model
+kept 1 removal, its second attempt, then refused 30 in a row, up to 5 minutes each).
+``train.prune_patience=K`` stops pruning once K removals in a row were refused; the modules
+not tried stay, and ``results.json["pruning"]["not_tried"]`` lists them.
+
 A module is *removed* by forbidding every later read of its variable (its read logits are held
 at -1e4, far below any learned logit, so no Gumbel sample or argmax picks it) and zeroing its
 classifier weights. The network keeps its shape; the module just no longer matters, and
@@ -131,10 +137,17 @@ def prune(run: Run, dataset: Dataset, *, progress: bool = True) -> list[dict[str
         disable=not progress,
         leave=False,
     )
+    # Modules are tried least missed first: once several removals in a row were refused, the
+    # rest, each missed more, seldom go, and every one of them costs a fine-tuning.
+    refused = _refused_in_a_row(read_records(run.path)[1:])  # a resumed run's, so far
     for module in attempts:
+        if cfg.prune_patience and refused >= cfg.prune_patience:
+            attempts.close()
+            break
         record = _attempt(session, dataset, judge, state, module)
         append_line(run.path / PRUNING, record)
         state.save(run.path, session.model)
+        refused = 0 if record["removed"] else refused + 1
     if not state.finished:
         # The pruned model is where refinement (and a resumed run) starts, with training's
         # optimiser state, as without pruning: fresh Adam moments would turn refinement's
@@ -498,6 +511,16 @@ def inherited_removed(run_dir: Path) -> list[str]:
     return [current_name(str(name)) for name in lineage["removed"]] if lineage else []
 
 
+def _refused_in_a_row(attempts: list[dict[str, Any]]) -> int:
+    """How many of the last ``attempts`` records were refused, counting back to a kept one."""
+    refused = 0
+    for record in reversed(attempts):
+        if record["removed"]:
+            break
+        refused += 1
+    return refused
+
+
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """The attempt records of a run directory, step 0 first (none without pruning)."""
     return read_log(Path(run_dir) / PRUNING)
@@ -516,6 +539,8 @@ def pruning_summary(run_dir: Path) -> dict[str, Any] | None:
         "val_accuracy": last["val_accuracy"],
         "removed": [r["module"] for r in kept],
         "attempts": attempts,
+        # modules never tried: train.prune_patience stopped the pruning first
+        "not_tried": first["order"][len(attempts) :],
     }
     if "domain_wrong" in first:  # train.prune_domain
         summary |= {
