@@ -308,7 +308,6 @@ def _simplest_predicate(
     written out for every value (NEVER out of range); else ``module`` with NEVER on the rows
     that select nothing on the basis."""
     d_var = len(meets)
-
     compared = module.key_map or range(d_var)  # key value -> the value it is compared as
 
     def selects(q: int, target: int) -> bool:
