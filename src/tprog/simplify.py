@@ -308,10 +308,14 @@ def _simplest_predicate(
     written out for every value (NEVER out of range); else ``module`` with NEVER on the rows
     that select nothing on the basis."""
     d_var = len(meets)
-    compared = module.key_map or range(d_var)  # key value -> the value it is compared as
+    reached = meets  # [query value, compared key value]: some such pair meets on the basis
+    if module.key_map is not None:
+        reached = np.zeros((d_var, d_var + 1), dtype=bool)  # key_map values are 0..d_var
+        for key, compared in enumerate(module.key_map):
+            reached[:, compared] |= meets[:, key]
 
     def selects(q: int, target: int) -> bool:
-        return any(meets[q, k] for k in range(d_var) if compared[k] == target != NEVER)
+        return 0 <= target < d_var and bool(reached[q, target])
 
     def same_keys(form) -> bool:
         return all(
