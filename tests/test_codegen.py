@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.test_equivalence import random_key_map
 from tests.test_induction_circuit import induction_program
 from tprog import ir
 from tprog.codegen import load_program_module, program_to_python, write_program
@@ -61,10 +62,8 @@ def random_program(seed: int, tokens: tuple[str, ...] = PLAIN, labels=None) -> i
     def pick(names):
         return names[int(rng.integers(len(names)))]
 
-    def key_map():  # keys compared through a map (entry d_var: matches nothing), or as they are
-        return (
-            tuple(int(x) for x in rng.integers(0, d_var + 1, d_var)) if rng.random() < 0.3 else None
-        )
+    def key_map():  # keys compared through a random map, or as they are
+        return random_key_map(rng, d_var, 0.3)
 
     def add(module, kind, value_type="int"):
         modules.append(module)

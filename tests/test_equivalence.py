@@ -54,13 +54,19 @@ def random_models(draw):
     return model.eval(), seed
 
 
+def random_key_map(rng: np.random.Generator, d_var: int, share: float) -> tuple[int, ...] | None:
+    """With probability ``share``, a random ``key_map`` as simplification writes them (entry
+    ``d_var`` matches no query); else None, keys compared as they are."""
+    if rng.random() >= share:
+        return None
+    return tuple(int(v) for v in rng.integers(0, d_var + 1, d_var))
+
+
 def with_random_key_maps(program: Program, rng: np.random.Generator) -> Program:
-    """``program`` with about half of its heads comparing keys through a random ``key_map``,
-    as simplification writes them; entry ``d_var`` matches no query."""
-    d_var = program.d_var
+    """``program`` with about half of its heads comparing keys through a random ``key_map``."""
     modules = tuple(
-        replace(module, key_map=tuple(int(v) for v in rng.integers(0, d_var + 1, d_var)))
-        if isinstance(module, CatAttention | NumAttention) and rng.random() < 0.5
+        replace(module, key_map=random_key_map(rng, program.d_var, 0.5))
+        if isinstance(module, CatAttention | NumAttention)
         else module
         for module in program.modules
     )

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.test_equivalence import random_key_map
 from tprog import interpret, ir
 from tprog.interpret import (
     _BitsetKeys,
@@ -46,10 +47,8 @@ def random_program(rng: np.random.Generator, n_ctx: int, causal: bool) -> ir.Pro
         wanted = np.where(rng.random(d_var) < 0.1, ir.NEVER, rng.integers(0, d_var, d_var))
         return tuple(int(x) for x in wanted)
 
-    def key_map():  # keys compared through a map (entry d_var: matches nothing), or as they are
-        return (
-            tuple(int(x) for x in rng.integers(0, d_var + 1, d_var)) if rng.random() < 0.5 else None
-        )
+    def key_map():  # keys compared through a random map, or as they are
+        return random_key_map(rng, d_var, 0.5)
 
     def table(rows, cols):
         return tuple(tuple(int(x) for x in row) for row in rng.integers(0, d_var, (rows, cols)))
