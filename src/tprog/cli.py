@@ -25,7 +25,7 @@ from tprog.pipeline import (
     train_and_decompile,
     verify_dir,
 )
-from tprog.prune import describe_change
+from tprog.prune import describe_change, describe_removals
 from tprog.sweep import BACKENDS, describe_sweep, run_sweep
 from tprog.tasks.registry import all_tasks, get_task, import_task_module, task_config
 from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, VERIFY_JSON, VerifyReport
@@ -126,12 +126,7 @@ def _print_results(results: dict, program_path: Path) -> None:
     )
     if results.get("pruning"):
         pruning = results["pruning"]
-        tried, not_tried = len(pruning["attempts"]), len(pruning.get("not_tried", []))
-        stopped = f" tried ({not_tried} not: train.prune_patience)" if not_tried else ""
-        click.echo(
-            f"pruning: removed {len(pruning['removed'])} of {tried} heads and MLPs{stopped}; "
-            f"{describe_change(pruning)}"
-        )
+        click.echo(f"pruning: {describe_removals(pruning)}; {describe_change(pruning)}")
     if results.get("refinement"):
         rounds, kept = results["refinement"]["rounds"], results["refinement"]["kept_round"]
         wrong = " -> ".join(str(record["n_wrong"]) for record in rounds)

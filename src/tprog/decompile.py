@@ -30,7 +30,7 @@ from tprog.interpret import predict_ids
 from tprog.ir import Program
 from tprog.model.program import TransformerProgram
 from tprog.program_stats import code_lines, learned_lines, module_counts
-from tprog.prune import describe_change, pruning_summary
+from tprog.prune import describe_change, describe_removals, pruning_summary
 from tprog.refine import refinement_summary
 from tprog.rundir import (
     PROGRAM_JSON,
@@ -294,15 +294,10 @@ def _pruned_sentence(run: Run) -> list[str]:
     pruning = pruning_summary(run.path)
     if pruning is None:
         return []
-    removed, tried = len(pruning["removed"]), len(pruning["attempts"])
-    not_tried = len(pruning.get("not_tried", []))
-    what = (
-        f"{removed} of the {tried} heads and MLPs tried removed, then stopped with {not_tried} "
-        "not tried (train.prune_patience refusals in a row)"
-        if not_tried
-        else f"{removed} of {tried} heads and MLPs removed"
-    )
-    return [f"Pruned after training (train.prune): {what}, {describe_change(pruning)}."]
+    return [
+        f"Pruned after training (train.prune): {describe_removals(pruning)}, "
+        f"{describe_change(pruning)}."
+    ]
 
 
 def _refined_sentence(run: Run) -> list[str]:

@@ -550,6 +550,19 @@ def pruning_summary(run_dir: Path) -> dict[str, Any] | None:
     return summary
 
 
+def describe_removals(pruning: dict[str, Any]) -> str:
+    """What pruning removed, from `pruning_summary`: "4 of 36 heads and MLPs removed", and when
+    ``train.prune_patience`` stopped it, how many it never tried."""
+    removed, tried = len(pruning["removed"]), len(pruning["attempts"])
+    not_tried = len(pruning.get("not_tried", []))
+    if not not_tried:
+        return f"{removed} of {tried} heads and MLPs removed"
+    return (
+        f"{removed} of the {tried} heads and MLPs tried removed, then stopped with {not_tried} "
+        "not tried (train.prune_patience refusals in a row)"
+    )
+
+
 def describe_change(pruning: dict[str, Any]) -> str:
     """What pruning cost, from `pruning_summary`: "val accuracy 0.9970 -> 0.9979", and with
     the domain guard ", wrong inputs of the domain 85 -> 82"."""
