@@ -325,6 +325,21 @@ def test_verify_checks_the_whole_domain_and_writes_verify_json(run_dir: Path) ->
         f"{c['length']}: {c['n_wrong']}/{c['n_inputs']}" for c in report["by_length"]
     )
     assert f"wrong inputs by input length (tokens): {counts}" in result.stdout
+    # Under each counterexample a row marks its wrong labels, each under its column.
+    lines = result.stdout.splitlines()
+    at = next(n for n, line in enumerate(lines) if line.startswith("  input "))
+    first = report["counterexamples"][0]  # printed first
+    rows = [first["input"], first["expected"], first["predicted"]]
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    starts = [len("  wrong     ") + sum(widths[:i]) + i for i in range(len(widths))]
+    wrong = [
+        starts[i]
+        for i, (want, got) in enumerate(zip(first["expected"], first["predicted"], strict=True))
+        if want != "<pad>" and got != want
+    ]
+    marks = lines[at + 3]
+    assert marks.startswith("  wrong ") and wrong
+    assert [i for i, char in enumerate(marks) if char == "^"] == wrong
 
 
 def test_verify_samples_when_asked_for_fewer_inputs(run_dir: Path) -> None:

@@ -29,6 +29,7 @@ from tprog.prune import describe_change, describe_removals
 from tprog.sweep import BACKENDS, describe_sweep, run_sweep
 from tprog.tasks.registry import all_tasks, get_task, import_task_module, task_config
 from tprog.verify import DEFAULT_MAX_INPUTS, DEFAULT_SAMPLE, VERIFY_JSON, VerifyReport
+from tprog.vocab import PAD
 
 IMPORT_HELP = "Python module or .py file that registers extra tasks (repeatable)."
 
@@ -219,10 +220,19 @@ def _print_report(report: VerifyReport) -> None:
         counts = (f"{c.length}: {c.n_wrong}/{c.n_inputs}" for c in report.by_length)
         click.echo(f"wrong inputs by input length (tokens): {', '.join(counts)}")
     if report.counterexamples:
-        click.echo("shortest counterexamples (<pad> targets are not scored):")
+        click.echo("shortest counterexamples (^: a wrong label; <pad> targets are not scored):")
     for case in report.counterexamples:
+        marks = tuple(
+            "^" if want != PAD and got != want else ""
+            for want, got in zip(case.expected, case.predicted, strict=True)
+        )
         _print_columns(
-            {"input": case.input, "expected": case.expected, "predicted": case.predicted}
+            {
+                "input": case.input,
+                "expected": case.expected,
+                "predicted": case.predicted,
+                "wrong": marks,
+            }
         )
     for check in report.references:
         agreement = "every input" if check.agreement == 1.0 else f"{check.agreement:.6f} of inputs"
