@@ -9,7 +9,7 @@ Hard-model token accuracy: train 0.8432, val 0.8439, test 0.8437.
 On every input of the task's domain (335,922 inputs): token accuracy 0.8067, whole-sequence
 accuracy 0.3635.
 Live: 6 of 6 categorical heads, 6 of 6 numerical heads, 3 of 3 categorical MLPs, 3 of 3
-numerical MLPs; 78 code lines (95 before simplification), 69 of them program() and its
+numerical MLPs; 68 code lines (89 before simplification), 59 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
 has 231 code lines.
 Simplified on the task's whole input domain (335,922 inputs): every output there is unchanged.
@@ -75,10 +75,7 @@ def predicate_0_1(q_position, k_position):
 
 def num_predicate_0_0(q_token, k_token):
     """The predicate of num_attn_0_0."""
-    if q_token == '<s>':
-        return False
-    else:
-        return k_token == q_token
+    return q_token != '<s>' and k_token == q_token
 
 
 def num_predicate_0_1(q_token, k_token):
@@ -86,12 +83,9 @@ def num_predicate_0_1(q_token, k_token):
     return k_token == q_token
 
 
-TABLE_0_0 = {(0, 0): 0, (0, 4): 0, (0, 5): 7, (5, 0): 7}
-
-
 def table_0_0(attn_0_0, attn_0_1):
     """The table of mlp_0_0."""
-    return TABLE_0_0.get((attn_0_0, attn_0_1), 2)
+    return {(0, 0): 0, (0, 4): 0, (0, 5): 7, (5, 0): 7}.get((attn_0_0, attn_0_1), 2)
 
 
 def num_table_0_0(num_attn_0_1, num_attn_0_0):
@@ -111,10 +105,7 @@ def predicate_1_1(q_position, k_position):
 
 def num_predicate_1_0(q_token, k_token):
     """The predicate of num_attn_1_0."""
-    if q_token == '<s>':
-        return k_token == '1'
-    else:
-        return k_token == q_token
+    return k_token == ('1' if q_token == '<s>' else q_token)
 
 
 def num_predicate_1_1(q_attn_0_1, k_position):
@@ -123,14 +114,11 @@ def num_predicate_1_1(q_attn_0_1, k_position):
     return k_position == {1: None, 2: None, 3: None, 6: 0}.get(q_attn_0_1, 6)
 
 
-TABLE_1_0 = {(0, 0): 5, (0, 5): 5, (5, 0): 5}
-
-
 def table_1_0(attn_0_0, attn_0_1):
     """The table of mlp_1_0."""
-    # attn_0_0 decides, but for the pairs in TABLE_1_0
+    # attn_0_0 decides, but for the pairs below
     default = {5: 4, 7: 4}.get(attn_0_0, 2)
-    return TABLE_1_0.get((attn_0_0, attn_0_1), default)
+    return {(0, 0): 5, (0, 5): 5, (5, 0): 5}.get((attn_0_0, attn_0_1), default)
 
 
 def num_table_1_0(num_attn_1_0_a, num_attn_1_0_b):
@@ -159,24 +147,18 @@ def num_predicate_2_1(q_num_mlp_0_0, k_attn_1_1):
     return k_attn_1_1 == {1: 5, 5: 1}.get(q_num_mlp_0_0)
 
 
-TABLE_2_0 = {(0, 1): 1, (2, 4): 7}
-
-
 def table_2_0(mlp_0_0, attn_2_1):
     """The table of mlp_2_0."""
-    # attn_2_1 decides, but for the pairs in TABLE_2_0
+    # attn_2_1 decides, but for the pairs below
     default = {1: 5}.get(attn_2_1, 4)
-    return TABLE_2_0.get((mlp_0_0, attn_2_1), default)
-
-
-NUM_TABLE_2_0 = {(3, 1): 3, (4, 0): 3}
+    return {(0, 1): 1, (2, 4): 7}.get((mlp_0_0, attn_2_1), default)
 
 
 def num_table_2_0(num_attn_2_1, num_attn_1_1):
     """The table of num_mlp_2_0."""
-    # num_attn_2_1 decides, but for the pairs in NUM_TABLE_2_0
+    # num_attn_2_1 decides, but for the pairs below
     default = {0: 1, 1: 1, 2: 1, 3: 1}.get(num_attn_2_1, 2)
-    return NUM_TABLE_2_0.get((num_attn_2_1, num_attn_1_1), default)
+    return {(3, 1): 3, (4, 0): 3}.get((num_attn_2_1, num_attn_1_1), default)
 
 
 # --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.

@@ -9,7 +9,7 @@ Hard-model token accuracy: train 0.9841, val 0.9859, test 0.9841.
 On every input of the task's domain (32,768 inputs): token accuracy 0.9842, whole-sequence
 accuracy 0.8929.
 Live: 6 of 12 categorical heads, 7 of 12 numerical heads, 2 of 3 categorical MLPs, 0 of 3
-numerical MLPs; 65 code lines (125 before simplification), 56 of them program() and its
+numerical MLPs; 61 code lines (115 before simplification), 52 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
 has 231 code lines.
 Pruned after training (train.prune): 15 of 30 heads and MLPs removed, val accuracy 0.9889 ->
@@ -108,12 +108,9 @@ def num_predicate_0_3(q_position, k_token):
     }.get(q_position)
 
 
-TABLE_0_0 = {('<s>', '<s>'): 8, ('(', '<s>'): 8, (')', '<s>'): 4}
-
-
 def table_0_0(attn_0_1, attn_0_0):
     """The table of mlp_0_0."""
-    return TABLE_0_0.get((attn_0_1, attn_0_0), 10)
+    return {('<s>', '<s>'): 8, ('(', '<s>'): 8, (')', '<s>'): 4}.get((attn_0_1, attn_0_0), 10)
 
 
 def predicate_1_1(q_mlp_0_0, k_position):
@@ -129,10 +126,7 @@ def predicate_1_3(q_mlp_0_0, k_position):
 
 def num_predicate_1_0(q_attn_0_3, k_token):
     """The predicate of num_attn_1_0."""
-    if q_attn_0_3 == '(':
-        return False
-    else:
-        return k_token == '('
+    return q_attn_0_3 != '(' and k_token == '('
 
 
 def num_predicate_1_3(q_attn_0_3, k_position):

@@ -9,7 +9,7 @@ Hard-model token accuracy: train 0.9694, val 0.9682, test 0.9691.
 On a uniform sample of 100000 of the task's domain (100,000 inputs): token accuracy 0.9640,
 whole-sequence accuracy 0.8242.
 Live: 5 of 6 categorical heads, 2 of 6 numerical heads, 2 of 6 categorical MLPs, 0 of 6
-numerical MLPs; 54 code lines (133 before simplification), 45 of them program() and its
+numerical MLPs; 51 code lines (124 before simplification), 42 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
 has 231 code lines.
 Pruned after training (train.prune): 15 of 24 heads and MLPs removed, val accuracy 0.9732 ->
@@ -123,10 +123,7 @@ def num_predicate_2_0(q_attn_1_0, k_mlp_0_0):
 
 def num_predicate_2_1(q_attn_1_0, k_attn_1_1):
     """The predicate of num_attn_2_1."""
-    if q_attn_1_0 in {5, 8}:
-        return k_attn_1_1 == 4
-    else:
-        return False
+    return q_attn_1_0 in {5, 8} and k_attn_1_1 == 4
 
 
 # --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.
