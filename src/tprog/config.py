@@ -147,6 +147,12 @@ class TrainConfig(_Section):
         "at the round's temperature going back (straight-through): with train.refine_noise=false "
         "they train the program itself, with gradients that reach its discrete choices",
     )
+    refit_readout: bool = Field(
+        False,
+        description="after pruning and refinement, refit the classifier on every input of the "
+        "task's domain by linear programming: right wherever the program's variables tell the "
+        "labels apart (tprog.readout); needs an enumerable domain and train.refine_holdout=false",
+    )
 
 
 class StandardConfig(_Section):
@@ -285,9 +291,9 @@ def build_config(task: str, layers: Sequence[Mapping[str, Any]]) -> RunConfig:
 
 
 def post_training_keys() -> list[str]:
-    """The keys of the stages after training (pruning, refinement): changing them leaves the
-    trained model as it is."""
-    stages = ("prune", "refine")
+    """The keys of the stages after training (pruning, refinement, the classifier's refit):
+    changing them leaves the trained model as it is."""
+    stages = ("prune", "refine", "refit")
     return [f"train.{key}" for key in TrainConfig.model_fields if key.startswith(stages)]
 
 
@@ -348,6 +354,12 @@ def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
         raise ConfigError(
             "train.prune_domain judges removals on the task's whole domain, val and test inputs "
             "included, so test accuracy is not held out: set train.refine_holdout=false to say so."
+        )
+    if config.train.refit_readout and config.train.refine_holdout:
+        raise ConfigError(
+            "train.refit_readout fits the classifier on the task's whole domain, val and test "
+            "inputs included, so test accuracy is not held out: set train.refine_holdout=false "
+            "to say so."
         )
     refine_tau = config.train.refine_tau
     if config.train.refine and refine_tau is not None and config.train.tau_end > refine_tau:

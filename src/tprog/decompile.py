@@ -31,6 +31,7 @@ from tprog.ir import Program
 from tprog.model.program import TransformerProgram
 from tprog.program_stats import code_lines, learned_lines, module_counts
 from tprog.prune import describe_change, describe_removals, pruning_summary
+from tprog.readout import readout_summary
 from tprog.refine import refinement_summary
 from tprog.rundir import (
     PROGRAM_JSON,
@@ -118,6 +119,7 @@ def decompile(
         "size": size,
         "pruning": pruning_summary(run.path),
         "refinement": refinement_summary(run.path),
+        "readout": readout_summary(run.path),
         "continued_from": read_lineage(run.path),
         "machine": platform.machine(),
     }
@@ -262,6 +264,7 @@ def _header(
         *_continued_sentence(run),
         *_pruned_sentence(run),
         *_refined_sentence(run),
+        *_readout_sentence(run),
         f"Simplified on {basis.description}: every output there is unchanged."
         + _beyond_basis_sentence(program),
         "Checked equal to the hard model on every train/val/test example.",
@@ -330,6 +333,33 @@ def _refined_sentence(run: Run) -> list[str]:
     ]
 
 
+def _readout_sentence(run: Run) -> list[str]:
+    """A sentence on the classifier's refit (train.refit_readout), when there was one."""
+    readout = readout_summary(run.path)
+    if readout is None:
+        return []
+    before, after = readout["wrong_before"], readout["wrong_after"]
+    if after is None:
+        outcome = (
+            "the linear program found no classifier right on every position the variables tell"
+            " apart, so the trained one stays"
+        )
+    else:
+        kept = "kept" if readout["kept"] else "not kept: more wrong than before"
+        outcome = f"wrong inputs of the domain {before} -> {after}, {kept}"
+    conflicts = readout["n_conflicts"]
+    tell = (
+        f"; at {conflicts} sets of positions the variables are equal where the labels differ,"
+        " which no classifier can tell apart"
+        if conflicts
+        else ""
+    )
+    return [
+        f"Classifier refit on every input of the domain (train.refit_readout, a linear "
+        f"program): {outcome}{tell}."
+    ]
+
+
 def _continued_sentence(run: Run) -> list[str]:
     """A sentence on the run this one continued from, when that run was pruned or refined:
     this program's model went through more than its config says."""
@@ -343,6 +373,10 @@ def _continued_sentence(run: Run) -> list[str]:
     if refinement:
         rounds = len(refinement["wrong_after_each_round"]) - 1
         done.append(f"refined ({rounds} rounds, round {refinement['kept_round']} kept)")
+    readout = lineage.get("readout")
+    if readout and readout["kept"]:
+        wrong = f"{readout['wrong_before']} -> {readout['wrong_after']} wrong inputs"
+        done.append(f"given a refit classifier ({wrong})")
     return [
         f"Continued (tprog continue) from the run {lineage.get('run')}, which was "
         f"{' and '.join(done) or 'pruned or refined'}; what its model went through is in "

@@ -20,6 +20,7 @@ from tprog.faithful import rows_agree
 from tprog.interpret import predict_ids, run_program
 from tprog.ir import Program
 from tprog.prune import PRUNING, prune, pruning_summary, removed_modules
+from tprog.readout import READOUT, readout_summary, refit_readout
 from tprog.refine import INHERITED, REFINEMENT, inheritance, refine, refinement_summary
 from tprog.rundir import (
     CONFIG,
@@ -104,10 +105,12 @@ def _after_training(run: Run, dataset: Dataset, progress: bool) -> Outcome:
     """The stages after training (each a no-op unless configured), then decompiling."""
     prune(run, dataset, progress=progress)
     refine(run, dataset, progress=progress)
+    refit_readout(run, dataset)
     return decompile(run, dataset=dataset, model=run.load_model())
 
 
-STAGE_LOGS = {"pruning": PRUNING, "refinement": REFINEMENT}  # a stage ran if its log exists
+# a stage ran if its log exists
+STAGE_LOGS = {"pruning": PRUNING, "refinement": REFINEMENT, "readout": READOUT}
 
 
 def continue_run(
@@ -119,8 +122,8 @@ def continue_run(
     progress: bool = True,
 ) -> Outcome:
     """A new run in ``out`` that starts from the model of the run in ``source`` and runs the
-    stages after training as ``overrides`` set them (train.prune*, train.refine*), then
-    decompiles it. ``source`` is left as it is.
+    stages after training as ``overrides`` set them (train.prune*, train.refine*,
+    train.refit_readout), then decompiles it. ``source`` is left as it is.
 
     From a run that only trained, the new run's training is ``source``'s: config, vocabulary,
     logs and end-of-training checkpoint are copied, so the new run is the run that the new
@@ -193,6 +196,7 @@ def _lineage(
         "removed": removed_modules(source, model),
         "pruning": pruning,
         "refinement": refinement,
+        "readout": _readout_lineage(source),
         "continued_from": read_lineage(source),
     }
     return record, model.state_dict()
@@ -301,3 +305,10 @@ def verify_dir(
                 f"(equal on {check.agreement:.6f} of the inputs; see {VERIFY_JSON})."
             )
     return report
+
+
+def _readout_lineage(source: Path) -> dict[str, Any] | None:
+    readout = readout_summary(source)
+    if readout is None:
+        return None
+    return {key: readout[key] for key in ("wrong_before", "wrong_after", "kept", "n_conflicts")}

@@ -215,7 +215,7 @@ def save_torch_file(path: Path, blob: dict[str, Any]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -232,7 +232,7 @@ def read_lineage(path: Path) -> dict[str, Any] | None:
     file = Path(path) / LINEAGE
     if not file.is_file():
         return None
-    lineage = _read_json(file)
+    lineage = read_json(file)
     if not isinstance(lineage, dict) or not isinstance(lineage.get("removed"), list):
         raise RunDirError(f"{file} is corrupt (expected the record of the run continued).")
     return lineage
@@ -250,7 +250,7 @@ def load_config(path: Path) -> RunConfig:
         raise RunDirError(f"run directory {str(path)!r} does not exist.")
     if not (path / RUN).is_file():
         raise RunDirError(f"{path} is not a tprog run directory (it has no {RUN}).")
-    info = _read_json(path / RUN)
+    info = read_json(path / RUN)
     version = info.get("format_version") if isinstance(info, dict) else None
     if version != RUN_FORMAT_VERSION:
         raise RunDirError(
@@ -258,7 +258,7 @@ def load_config(path: Path) -> RunConfig:
             f"this tprog reads format {RUN_FORMAT_VERSION}."
         )
     try:
-        config = RunConfig.model_validate(_read_json(path / CONFIG))
+        config = RunConfig.model_validate(read_json(path / CONFIG))
     except ValidationError as exc:
         raise RunDirError(
             f"{path / CONFIG} is not a valid tprog config ({exc.errors()[0]['msg']})."
@@ -281,7 +281,7 @@ def load_run(path: Path) -> Run:
 
 def load_vocab(path: Path) -> tuple[Vocab, Vocab]:
     """A run directory's input vocabulary and target labels."""
-    vocab_raw = _read_json(Path(path) / VOCAB)
+    vocab_raw = read_json(Path(path) / VOCAB)
     try:
         return Vocab(tuple(vocab_raw["tokens"])), Vocab(tuple(vocab_raw["labels"]))
     except (KeyError, TypeError, ValueError):

@@ -124,7 +124,7 @@ def config_difference(run_dir: Path, planned: RunConfig) -> str | None:
 def read_outcome(run_dir: Path) -> RunOutcome | None:
     """A finished run's outcome from its files; None unless both the record and complete
     results are there."""
-    record, results = _read_json(run_dir / SWEEP_RECORD), _read_json(run_dir / RESULTS)
+    record, results = read_json(run_dir / SWEEP_RECORD), read_json(run_dir / RESULTS)
     if not _is_record(record) or not _is_results(results):
         return None
     return _outcome(record["status"], record["seconds"], results)
@@ -169,7 +169,7 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -216,7 +216,7 @@ def execute_run(job: RunJob) -> RunOutcome:
             write_json(job.run_dir / SWEEP_RECORD, record | details)
     except RunDirError as exc:  # the lock is held elsewhere, or the record cannot be written
         return RunOutcome(f"failed: {exc}")
-    results = _read_json(job.run_dir / RESULTS)
+    results = read_json(job.run_dir / RESULTS)
     return _outcome(record["status"], record["seconds"], results if _is_results(results) else None)
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from tprog.checkpoint import CHECKPOINT, restore_checkpoint, save_checkpoint
 from tprog.config import RunConfig, check_feasible
 from tprog.data import Dataset, Split, build_dataset
-from tprog.errors import TprogError
+from tprog.errors import ConfigError, TprogError
 from tprog.model.program import TransformerProgram
 from tprog.model.sampling import Sampling
 from tprog.rundir import (
@@ -36,7 +36,8 @@ from tprog.rundir import (
     write_atomic,
     write_json,
 )
-from tprog.tasks.registry import get_task, import_task_module
+from tprog.tasks.registry import Task, get_task, import_task_module
+from tprog.verify import DEFAULT_MAX_INPUTS
 
 EVAL_CHUNK = 4096  # examples per hard-mode forward when evaluating a split
 
@@ -118,8 +119,21 @@ def resolve(config: RunConfig) -> tuple[RunConfig, Dataset]:
     task = get_task(config.task)
     dataset = build_dataset(task, config)
     d_var = check_feasible(config, len(dataset.vocab), len(dataset.labels))
+    if config.train.refit_readout:
+        check_enumerable(task, config)
     model_cfg = config.model.model_copy(update={"d_var": d_var})
     return config.model_copy(update={"model": model_cfg}), dataset
+
+
+def check_enumerable(task: Task, config: RunConfig) -> None:
+    """Refuse, before any training, a refit that would need a domain too large to enumerate."""
+    domain = task.input_domain(config.data)
+    if domain is None or domain.size() > DEFAULT_MAX_INPUTS:
+        size = "declares no input domain" if domain is None else f"has {domain.size():,} inputs"
+        raise ConfigError(
+            f"train.refit_readout fits the classifier on every input of the task's domain, and "
+            f"{config.task} {size}, more than the {DEFAULT_MAX_INPUTS:,} tprog enumerates."
+        )
 
 
 @dataclass

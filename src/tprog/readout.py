@@ -1,0 +1,336 @@
+"""Refitting the classifier on the task's whole domain as a linear program.
+
+A program's last step is linear. At every position its label is the argmax, over labels, of
+
+    sum over categorical variables v of w_cat[v, value of v]
+    + sum over numerical variables u of w_num[u] * (value of u)
+
+(`TransformerProgram._hard_logits`). Hold every head and MLP fixed and the variables at each
+scored position of a finite domain are fixed too, so "a classifier right on every input" is a
+set of linear inequalities in the weights: at each position, its label leads each other label by
+``_MARGIN``. Training reaches the classifier only through the relaxation and its loss, and can
+leave inputs wrong that some classifier gets right (reverse at its Table 1 configuration, pruned
+and refined: 25 of its 27 wrong inputs). `refit_readout` asks a linear programming solver
+(HiGHS, through scipy) for the classifier of least total |weight| that satisfies them all (a
+variable no position needs gets no weight), or, where none does, for the least total shortfall
+of the margin, a convex stand-in for the number of positions wrong (see `_solve`).
+
+Positions where the variables take the same values as at a position with another label are
+*conflicts*: no classifier tells them apart, and the stage reports them. Of each set of
+positions that share their values, the linear program asks for the label most of them have (the
+lowest on a tie). The inequalities number (distinct positions x labels), most of them slack at
+the solution, so the program starts from a few thousand positions (and those wrong now) and
+adds those its solution gets wrong until there are none outside it (constraint generation).
+
+The new classifier replaces the old one unless more inputs are then wrong, as the hard model
+measures it; ``readout.json`` records the figures either way. The weights of the variables of
+modules that pruning removed stay 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse
+import torch
+
+from tprog.data import Dataset, Split
+from tprog.domain_check import DomainInputs
+from tprog.errors import TprogError
+from tprog.model.program import TransformerProgram
+from tprog.prune import removed_modules
+from tprog.rundir import MODEL, Run, read_json, save_model, write_json
+from tprog.verify import WHOLE_DOMAIN
+
+READOUT = "readout.json"
+_MARGIN = 1.0  # in units of the weights: the linear program chooses their scale
+_SLACK_COST = 1e4  # per unit of margin a row misses, against 1 per unit of |weight|
+_RIGHT = _MARGIN / 2  # a position whose label leads by this much is right, rounding or not
+_START_ROWS = 2000  # distinct positions the first linear program holds, beside those wrong now
+_ADD_ROWS = 4000  # the most violated positions added per iteration
+_MAX_ITERATIONS = 60
+_MAX_CONFLICTS = 5  # conflicts readout.json spells out
+
+
+class ReadoutError(TprogError):
+    """The classifier cannot be refit on this run."""
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The distinct (variables, label) pairs at the scored positions of a set of inputs, each
+    with how many positions have it and one of them to show (input index, position)."""
+
+    values: np.ndarray  # [R, V + U] int64: categorical values, then numerical ones
+    labels: np.ndarray  # [R]
+    counts: np.ndarray  # [R]
+    example: np.ndarray  # [R, 2]
+
+    def merge(self, other: Rows) -> Rows:
+        """Both sets of rows as one, the counts of the pairs they share summed."""
+        return distinct(
+            np.concatenate([self.values, other.values]),
+            np.concatenate([self.labels, other.labels]),
+            np.concatenate([self.counts, other.counts]),
+            np.concatenate([self.example, other.example]),
+        )
+
+
+def distinct(values, labels, counts, example) -> Rows:
+    """`Rows` of the distinct (values, label) pairs among those given, counts summed."""
+    keys = np.column_stack([values, labels])
+    unique, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    summed = np.bincount(inverse.ravel(), weights=counts, minlength=len(unique))
+    return Rows(unique[:, :-1], unique[:, -1], summed.astype(np.int64), example[first])
+
+
+@torch.no_grad()
+def scored_rows(model: TransformerProgram, split: Split, tables: list, first_input: int) -> Rows:
+    """The hard model's variables at every position of ``split`` whose target is not
+    ``<pad>``, its inputs numbered from ``first_input``."""
+    cat, num = model.stream(
+        torch.as_tensor(split.ids), torch.as_tensor(split.lengths), None, tables
+    )
+    # [V + U, B, N]: every variable in stack order, categorical values then numerical ones
+    values = torch.cat([chunk.argmax(-1) for chunk in cat] + [torch.cat(num).long()])
+    targets = torch.as_tensor(split.target_ids)
+    scored = targets != 0
+    inputs, offsets = torch.nonzero(scored, as_tuple=True)
+    return distinct(
+        values.permute(1, 2, 0)[scored].numpy(),  # [P, V + U]
+        targets[scored].numpy(),
+        np.ones(len(inputs), np.int64),
+        np.column_stack([inputs.numpy() + first_input, offsets.numpy()]),
+    )
+
+
+def design_matrix(values: np.ndarray, n_cat: int, d_var: int) -> scipy.sparse.csr_matrix:
+    """``[rows, V * d_var + U]``: the one-hot of each categorical value, then the numerical
+    values, so that ``design @ W`` with ``W = [w_cat.reshape(-1, L); w_num]`` is the
+    classifier's logits."""
+    n_rows, n_num = len(values), values.shape[1] - n_cat
+    columns = np.concatenate(
+        [
+            (values[:, :n_cat] + d_var * np.arange(n_cat)).ravel(),
+            np.tile(n_cat * d_var + np.arange(n_num), n_rows),
+        ]
+    )
+    data = np.concatenate([np.ones(n_rows * n_cat), values[:, n_cat:].ravel().astype(float)])
+    row_ids = np.concatenate(
+        [np.repeat(np.arange(n_rows), n_cat), np.repeat(np.arange(n_rows), n_num)]
+    )
+    shape = (n_rows, n_cat * d_var + n_num)
+    return scipy.sparse.csr_matrix((data, (row_ids, columns)), shape=shape)
+
+
+def resolve_conflicts(rows: Rows) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(kept, conflicts)``: the indices of the rows the classifier must get right (of the
+    rows sharing their variables, the one with most positions; on a tie the lowest label), and
+    for each set of rows that share their variables but not their label, its indices."""
+    _, vector = np.unique(rows.values, axis=0, return_inverse=True)
+    vector = vector.ravel()
+    order = np.lexsort((rows.labels, -rows.counts, vector))  # per vector: most positions first
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = vector[order[1:]] != vector[order[:-1]]
+    kept = np.sort(order[first])
+    shared = np.bincount(vector) > 1
+    conflicts = [np.flatnonzero(vector == v) for v in np.flatnonzero(shared)]
+    return kept, conflicts
+
+
+def fit_classifier(
+    design: scipy.sparse.csr_matrix,
+    labels: np.ndarray,
+    allowed: np.ndarray,
+    start: np.ndarray,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The classifier ``W [columns, L]`` that the linear program of `_solve` chooses over all
+    rows, by constraint generation from the rows ``start``: solve over the rows held, add the
+    rows outside them whose label does not lead by ``_RIGHT``, until there are none."""
+    active = np.unique(start)
+    for iteration in range(1, _MAX_ITERATIONS + 1):
+        weights, slack = _solve(design[active], labels[active], allowed)
+        lead = _leads(design @ weights, labels, allowed)
+        outside = np.setdiff1d(np.flatnonzero(lead < _RIGHT), active, assume_unique=True)
+        if not len(outside):
+            facts = {
+                "lp_iterations": iteration,
+                "lp_rows": len(active),
+                "lp_rows_short": int((slack > 0).sum()),  # rows the margin could not hold
+            }
+            return weights, facts
+        worst = outside[np.argsort(lead[outside], kind="stable")[:_ADD_ROWS]]
+        active = np.union1d(active, worst)
+    raise ReadoutError(
+        f"refitting the classifier did not converge in {_MAX_ITERATIONS} linear programs."
+    )
+
+
+def _leads(logits: np.ndarray, labels: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Per row, its label's logit minus the best other allowed label's."""
+    rows = np.arange(len(labels))
+    others = np.where(allowed, logits, -np.inf)
+    own = logits[rows, labels]
+    others[rows, labels] = -np.inf
+    return own - others.max(1)
+
+
+def _solve(
+    design: scipy.sparse.csr_matrix, labels: np.ndarray, allowed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One linear program over rows (x, y): ``(W, slack)`` minimising
+    ``_SLACK_COST * sum(slack) + sum |W|`` subject to ``(W[:, y] - W[:, c]) . x >= _MARGIN -
+    slack[row]`` for every allowed label c != y, with W = P - M and P, M, slack >= 0.
+
+    When some W makes every label lead (the rows are linearly separable), slack is 0 and W is
+    the one of least total |weight|. When none does, slack says by how much each row misses:
+    its sum is a convex stand-in for the number of rows wrong."""
+    n_rows, n_cols = design.shape
+    n_labels = len(allowed)
+    n_vars = n_cols * n_labels  # entries of P (then as many of M)
+    blocks, n_constraints = [], 0
+    for competitor in np.flatnonzero(allowed):
+        rivals = np.flatnonzero(labels != competitor)
+        part = design[rivals].tocoo()  # [rows, columns]
+        own = labels[rivals][part.row]
+        row = part.row + n_constraints
+        for sign, label in ((-1.0, own), (1.0, np.full_like(own, competitor))):
+            entry = part.col * n_labels + label
+            blocks += [(row, entry, sign * part.data), (row, n_vars + entry, -sign * part.data)]
+        constraint = np.arange(len(rivals)) + n_constraints
+        blocks.append((constraint, 2 * n_vars + rivals, -np.ones(len(rivals))))
+        n_constraints += len(rivals)
+    rows, cols, data = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
+    shape = (n_constraints, 2 * n_vars + n_rows)
+    # A masked label's entries appear in no constraint, so their cost keeps them at 0.
+    result = scipy.optimize.linprog(
+        np.concatenate([np.ones(2 * n_vars), np.full(n_rows, _SLACK_COST)]),
+        A_ub=scipy.sparse.csr_matrix((data, (rows, cols)), shape=shape),
+        b_ub=np.full(n_constraints, -_MARGIN),
+        bounds=(0, None),
+        method="highs",
+    )
+    if result.status != 0:  # it is always feasible (slack) and bounded (costs >= 0)
+        raise ReadoutError(f"the linear program for the classifier failed: {result.message}")
+    x = result.x
+    return (x[:n_vars] - x[n_vars : 2 * n_vars]).reshape(n_cols, n_labels), x[2 * n_vars :]
+
+
+def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
+    """Refit the classifier of the model in ``run.path`` (see the module docstring) and rewrite
+    model.pt with it unless it leaves more inputs wrong; returns the record readout.json keeps
+    (None when train.refit_readout is off)."""
+    if not run.config.train.refit_readout:
+        return None
+    path = run.path / READOUT
+    if path.is_file():  # finished before the run was resumed: model.pt holds its outcome
+        return read_json(path)
+    started = time.perf_counter()
+    model = run.load_model()
+    domain = DomainInputs(run, dataset, np.random.default_rng(run.config.seed))
+    if domain.mode != WHOLE_DOMAIN:
+        raise ReadoutError(
+            f"train.refit_readout needs every input of the task's domain, and {run.config.task}'s "
+            f"is too large to enumerate (tprog verify checks a {domain.mode})."
+        )
+    before = domain.check(model)
+    rows = _domain_rows(model, domain)
+    kept, conflicts = resolve_conflicts(rows)
+    n_cat, d_var = len(model.shape.layout.categorical()), model.shape.d_var
+    usable = scipy.sparse.diags(_usable_columns(model, removed_modules(run.path, model)))
+    design = design_matrix(rows.values[kept], n_cat, d_var) @ usable
+    labels = rows.labels[kept]
+    allowed = ~model.masked.cpu().numpy()
+    wrong_now = np.flatnonzero(_leads(design @ _classifier(model), labels, allowed) <= 0)
+    sample = np.random.default_rng(run.config.seed).permutation(len(kept))[:_START_ROWS]
+    weights, facts = fit_classifier(design, labels, allowed, np.union1d(sample, wrong_now))
+    refit = copy.deepcopy(model)
+    _set_classifier(refit, weights)
+    after = domain.check(refit)
+    record = {
+        "domain": domain.mode,
+        "n_inputs": before.n_inputs,
+        "n_positions": int(rows.counts.sum()),
+        "n_distinct": len(rows.labels),
+        "n_conflicts": len(conflicts),
+        "conflicts": [_describe(rows, group, domain) for group in conflicts[:_MAX_CONFLICTS]],
+        "wrong_before": len(before.wrong),
+        "wrong_after": len(after.wrong),
+        "kept": len(after.wrong) <= len(before.wrong),
+        "total_weight": float(np.abs(weights).sum()),
+        **facts,
+    }
+    if record["kept"]:
+        save_model(run.path / MODEL, refit, run.config)
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(path, record)
+    return record
+
+
+def readout_summary(run_dir: Path) -> dict[str, Any] | None:
+    """What results.json says of the refit (None without one)."""
+    path = Path(run_dir) / READOUT
+    return read_json(path) if path.is_file() else None
+
+
+def _domain_rows(model: TransformerProgram, domain: DomainInputs) -> Rows:
+    tables = model.hard_tables()
+    rows, first = None, 0
+    for examples, split in domain.chunks:
+        chunk = scored_rows(model, split, tables, first)
+        rows = chunk if rows is None else rows.merge(chunk)
+        first += len(examples)
+    return rows
+
+
+def _describe(rows: Rows, group: np.ndarray, domain: DomainInputs) -> list[dict[str, Any]]:
+    """One conflict: per label, one position that has it and how many do."""
+    examples = [example for chunk, _ in domain.chunks for example in chunk]
+    described = []
+    for row in group.tolist():
+        index, position = rows.example[row].tolist()
+        tokens, targets = examples[index]
+        described.append(
+            {
+                "input": list(tokens),
+                "position": position,
+                "label": targets[position],
+                "positions": int(rows.counts[row]),
+            }
+        )
+    return described
+
+
+def _usable_columns(model: TransformerProgram, removed: list[str]) -> np.ndarray:
+    """1.0 for each column of the design matrix the classifier may weigh, 0.0 for those of the
+    variables of modules that pruning removed (their weights are held at 0)."""
+    layout, d_var = model.shape.layout, model.shape.d_var
+    categorical, numerical = layout.categorical(), layout.numerical()
+    usable = np.ones(len(categorical) * d_var + len(numerical))
+    for var in categorical:
+        if var.name in removed:
+            usable[var.index * d_var : (var.index + 1) * d_var] = 0.0
+    for var in numerical:
+        if var.name in removed:
+            usable[len(categorical) * d_var + var.index] = 0.0
+    return usable
+
+
+def _classifier(model: TransformerProgram) -> np.ndarray:
+    """The classifier as ``[V * d_var + U, L]``, rows in `design_matrix`'s column order."""
+    n_labels = model.w_num.shape[1]
+    weights = torch.cat([model.w_cat.detach().reshape(-1, n_labels), model.w_num.detach()])
+    return weights.double().cpu().numpy()
+
+
+def _set_classifier(model: TransformerProgram, weights: np.ndarray) -> None:
+    n_cat_rows = model.w_cat.shape[0] * model.w_cat.shape[1]
+    with torch.no_grad():
+        model.w_cat.copy_(torch.as_tensor(weights[:n_cat_rows]).view_as(model.w_cat))
+        model.w_num.copy_(torch.as_tensor(weights[n_cat_rows:]).view_as(model.w_num))
