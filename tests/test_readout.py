@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.test_cli import tprog
+from tests.test_prune import TINY as PRUNE_TINY
 from tprog.errors import ConfigError
 from tprog.pipeline import continue_run, train_and_decompile
 from tprog.readout import (
@@ -18,6 +19,7 @@ from tprog.readout import (
     Rows,
     _classifier,
     _leads,
+    column_groups,
     design_matrix,
     fit_classifier,
     resolve_conflicts,
@@ -51,7 +53,8 @@ def test_a_separable_set_is_separated_by_the_sparsest_classifier() -> None:
     values = [[a, b] for a in range(3) for b in range(3)]
     labels = np.array([1 + a for a, _ in values])
     design = design_matrix(np.array(values), n_cat=2, d_var=3)
-    weights, facts = fit_classifier(design, labels, ALLOWED, start=np.array([0]))
+    groups = column_groups(n_cat=2, d_var=3, n_num=0)
+    weights, facts = fit_classifier(design, labels, ALLOWED, groups, start=np.array([0]))
     assert facts["lp_rows_short"] == 0
     assert (_leads(design @ weights, labels, ALLOWED) >= 1 - 1e-6).all()
     assert np.allclose(weights[3:], 0), "the second variable got weight it does not need"
@@ -63,7 +66,8 @@ def test_what_no_sum_of_per_variable_weights_can_compute_is_left_short() -> None
     values = np.array([[a, b] for a in range(2) for b in range(2)])
     labels = 1 + (values[:, 0] ^ values[:, 1])
     design = design_matrix(values, n_cat=2, d_var=2)
-    weights, facts = fit_classifier(design, labels, ALLOWED[:3], start=np.arange(4))
+    groups = column_groups(n_cat=2, d_var=2, n_num=0)
+    weights, facts = fit_classifier(design, labels, ALLOWED[:3], groups, start=np.arange(4))
     assert facts["lp_rows_short"] > 0
     assert (_leads(design @ weights, labels, ALLOWED[:3]) <= 0).sum() >= 1
 
@@ -73,28 +77,22 @@ def test_numerical_variables_enter_the_design_by_value() -> None:
     values = np.array([[0, count] for count in range(6)])
     labels = np.where(values[:, 1] > 2, 2, 1)
     design = design_matrix(values, n_cat=1, d_var=2)
-    weights, facts = fit_classifier(design, labels, ALLOWED[:3], start=np.arange(6))
+    groups = column_groups(n_cat=1, d_var=2, n_num=1)
+    weights, facts = fit_classifier(design, labels, ALLOWED[:3], groups, start=np.arange(6))
     assert facts["lp_rows_short"] == 0
     assert (_leads(design @ weights, labels, ALLOWED[:3]) > 0).all()
 
 
+# test_prune's tiny hist (inputs of at most 4 symbols, one layer), not pruned, trained briefly
 TINY = {
-    "data.size": 400,
-    "data.max_length": 5,
-    "model.n_layers": 1,
-    "model.n_heads_cat": 2,
-    "model.n_heads_num": 2,
-    "model.n_mlps_cat": 1,
-    "model.n_mlps_num": 1,
-    "model.d_mlp": 8,
+    **{key: value for key, value in PRUNE_TINY.items() if not key.startswith("train.prune")},
     "train.epochs": 4,
-    "train.batch_size": 32,
 }
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """hist on inputs of at most 3 symbols (1,554 of them), trained too briefly to be right."""
+    """hist on inputs of at most 4 symbols (1,554 of them), trained too briefly to be right."""
     out = tmp_path_factory.mktemp("readout") / "hist"
     train_and_decompile(task_config("hist", TINY), out, progress=False)
     return out

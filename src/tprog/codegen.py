@@ -41,7 +41,7 @@ _counter = itertools.count()
 # Every name the template defines or `program` uses: program names must not shadow them.
 _RESERVED = frozenset(re.findall(r"^([A-Za-z_]\w*) =", _TEMPLATE, re.M)) | {
     *BOUND_NAMES,
-    "importlib",
+    "runpy",
     "Path",
     "program",
 }
@@ -552,16 +552,17 @@ def _weights_json(gen: _Gen) -> str:
 def program_to_python(
     program: ir.Program,
     *,
-    weights_file: str = "program_weights.json",
+    stem: str = "program",
     header: str = "",
     example: Sequence[str] = (),
 ) -> tuple[str, str]:
-    """Returns (module_source, weights_json_text); the module reads ``weights_file`` once, at
-    import, and loads the runtime (RUNTIME_SOURCE), both from files the caller writes beside
-    it (write_program does). ``example``, an input of the program's task, is the one its
-    docstring shows."""
-    if weights_file in {"", ".", "..", RUNTIME_FILE} or Path(weights_file).name != weights_file:
-        raise ValueError(f"weights_file must be a plain file name, not {weights_file!r}.")
+    """Returns (module_source, weights_json_text) of a module to be written as ``<stem>.py``:
+    it reads ``<stem>_weights.json`` once, at import, and runs the runtime (RUNTIME_SOURCE),
+    both from files the caller writes beside it (write_program does). ``example``, an input of
+    the program's task, is the one its docstring shows."""
+    if not stem or Path(stem).name != stem or f"{stem}.py" == RUNTIME_FILE or stem in {".", ".."}:
+        raise ValueError(f"stem must name a file in the program's folder, not {stem!r}.")
+    weights_file = f"{stem}_weights.json"
     gen = _Gen(program)
     weights = _weights_json(gen)
     functions = []
@@ -572,7 +573,6 @@ def program_to_python(
     slots = {
         "DOC": _docstring(_summary(program, weights_file, header, example)),
         "RUNTIME": repr(RUNTIME_FILE),
-        "WEIGHTS": repr(weights_file),
         "BOUND": ", ".join(BOUND_NAMES),
         "FUNCTIONS": "".join(functions),
         "PROGRAM": _program_source(gen),
@@ -587,12 +587,10 @@ def write_program(
     ``<stem>_weights.json`` and the runtime to RUNTIME_FILE beside it, each atomically (temp
     file + rename), the module last: it needs the other two."""
     path = Path(path)
-    weights_file = f"{path.stem}_weights.json"
     if path.name == RUNTIME_FILE:
         raise ValueError(f"a program cannot be called {RUNTIME_FILE!r}: that is its runtime.")
-    source, weights = program_to_python(
-        program, weights_file=weights_file, header=header, example=example
-    )
+    source, weights = program_to_python(program, stem=path.stem, header=header, example=example)
+    weights_file = f"{path.stem}_weights.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     files = (
         (path.with_name(weights_file), weights),

@@ -22,7 +22,7 @@ RUNTIME_BANNER = "# --- The runtime"
 # text placed in one slot is never searched for another.
 TEMPLATE = """@DOC@
 
-import importlib.util
+import runpy
 from pathlib import Path
 
 # program() comes first, then the predicates and MLP tables it calls. The helpers it uses
@@ -32,14 +32,10 @@ from pathlib import Path
 @PROGRAM@
 
 
-@FUNCTIONS@# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.
-# Its bind() gives the helpers program() calls, and run and run_batch, bound to program() and
-# to this program's vocabulary, labels and classifier weights (the JSON file, read once, here).
-_HERE = Path(__file__).parent
-_SPEC = importlib.util.spec_from_file_location(f"{__name__}_runtime", _HERE / @RUNTIME@)
-_RUNTIME = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_RUNTIME)
-@BOUND@ = _RUNTIME.bind(
-    program, _HERE / @WEIGHTS@
-)
+@FUNCTIONS@# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program,
+# run afresh for this one. Its bind() gives the helpers program() calls, and run and run_batch,
+# bound to program() and to this program's vocabulary, labels and classifier weights: the JSON
+# file beside this one whose name is this file's stem and "_weights.json", read once, here.
+_BIND = runpy.run_path(str(Path(__file__).with_name(@RUNTIME@)))["bind"]
+@BOUND@ = _BIND(program, __file__)
 """

@@ -11,9 +11,11 @@ set of linear inequalities in the weights: at each position, its label leads eac
 ``_MARGIN``. Training reaches the classifier only through the relaxation and its loss, and can
 leave inputs wrong that some classifier gets right (reverse at its Table 1 configuration, pruned
 and refined: 25 of its 27 wrong inputs). `refit_readout` asks a linear programming solver
-(HiGHS, through scipy) for the classifier of least total |weight| that satisfies them all (a
-variable no position needs gets no weight), or, where none does, for the least total shortfall
-of the margin, a convex stand-in for the number of positions wrong (see `_solve`).
+(HiGHS, through scipy) for a classifier that satisfies them all and reads as few variables as
+it can (the sum over variables of their largest |weight|: a module that only the classifier
+read, and no longer does, is dead to simplification), or, where none satisfies them all, for
+the least total shortfall of the margin, a convex stand-in for the number of positions wrong
+(see `_solve`).
 
 Positions where the variables take the same values as at a position with another label are
 *conflicts*: no classifier tells them apart, and the stage reports them. Of each set of
@@ -50,7 +52,8 @@ from tprog.verify import WHOLE_DOMAIN
 
 READOUT = "readout.json"
 _MARGIN = 1.0  # in units of the weights: the linear program chooses their scale
-_SLACK_COST = 1e4  # per unit of margin a row misses, against 1 per unit of |weight|
+_SLACK_COST = 1e4  # per unit of margin a row misses, against 1 per variable's largest |weight|
+_L1_COST = 1e-3  # per unit of |weight|: among classifiers that weigh the same, the sparsest
 _RIGHT = _MARGIN / 2  # a position whose label leads by this much is right, rounding or not
 _START_ROWS = 2000  # distinct positions the first linear program holds, beside those wrong now
 _ADD_ROWS = 4000  # the most violated positions added per iteration
@@ -129,6 +132,12 @@ def design_matrix(values: np.ndarray, n_cat: int, d_var: int) -> scipy.sparse.cs
     return scipy.sparse.csr_matrix((data, (row_ids, columns)), shape=shape)
 
 
+def column_groups(n_cat: int, d_var: int, n_num: int) -> np.ndarray:
+    """The variable each column of `design_matrix` belongs to: ``d_var`` columns for each
+    categorical variable, then one for each numerical variable."""
+    return np.concatenate([np.repeat(np.arange(n_cat), d_var), n_cat + np.arange(n_num)])
+
+
 def resolve_conflicts(rows: Rows) -> tuple[np.ndarray, list[np.ndarray]]:
     """``(kept, conflicts)``: the indices of the rows the classifier must get right (of the
     rows sharing their variables, the one with most positions; on a tie the lowest label), and
@@ -148,6 +157,7 @@ def fit_classifier(
     design: scipy.sparse.csr_matrix,
     labels: np.ndarray,
     allowed: np.ndarray,
+    groups: np.ndarray,
     start: np.ndarray,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The classifier ``W [columns, L]`` that the linear program of `_solve` chooses over all
@@ -155,7 +165,7 @@ def fit_classifier(
     rows outside them whose label does not lead by ``_RIGHT``, until there are none."""
     active = np.unique(start)
     for iteration in range(1, _MAX_ITERATIONS + 1):
-        weights, slack = _solve(design[active], labels[active], allowed)
+        weights, slack = _solve(design[active], labels[active], allowed, groups)
         lead = _leads(design @ weights, labels, allowed)
         outside = np.setdiff1d(np.flatnonzero(lead < _RIGHT), active, assume_unique=True)
         if not len(outside):
@@ -182,18 +192,27 @@ def _leads(logits: np.ndarray, labels: np.ndarray, allowed: np.ndarray) -> np.nd
 
 
 def _solve(
-    design: scipy.sparse.csr_matrix, labels: np.ndarray, allowed: np.ndarray
+    design: scipy.sparse.csr_matrix, labels: np.ndarray, allowed: np.ndarray, groups: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One linear program over rows (x, y): ``(W, slack)`` minimising
-    ``_SLACK_COST * sum(slack) + sum |W|`` subject to ``(W[:, y] - W[:, c]) . x >= _MARGIN -
-    slack[row]`` for every allowed label c != y, with W = P - M and P, M, slack >= 0.
+    """One linear program over rows (x, y): ``(W, slack)`` subject to
+    ``(W[:, y] - W[:, c]) . x >= _MARGIN - slack[row]`` for every allowed label c != y,
+    minimising ``_SLACK_COST * sum(slack) + sum over variables of max |W| of its rows`` (plus
+    ``_L1_COST * sum |W|`` to choose among equals). ``groups[column]`` is the variable a column
+    of the design belongs to.
 
-    When some W makes every label lead (the rows are linearly separable), slack is 0 and W is
-    the one of least total |weight|. When none does, slack says by how much each row misses:
-    its sum is a convex stand-in for the number of rows wrong."""
+    When some W makes every label lead (the rows are linearly separable), slack is 0 and W
+    weighs as few variables as it can: the largest |weight| of each variable is a convex
+    stand-in for whether the classifier reads it at all, and a module that only the classifier
+    read, and now reads at weight 0, is dead to simplification. When no W separates the rows,
+    slack says by how much each misses: its sum is a convex stand-in for the number wrong.
+
+    Variables: W = P - M with P, M >= 0 ([columns, labels] each, flattened), slack >= 0 per
+    row, and per variable a bound B >= P + M on each of its entries."""
     n_rows, n_cols = design.shape
     n_labels = len(allowed)
+    n_groups = int(groups.max()) + 1
     n_vars = n_cols * n_labels  # entries of P (then as many of M)
+    slack_at, bound_at = 2 * n_vars, 2 * n_vars + n_rows  # where the other variables start
     blocks, n_constraints = [], 0
     for competitor in np.flatnonzero(allowed):
         rivals = np.flatnonzero(labels != competitor)
@@ -204,22 +223,35 @@ def _solve(
             entry = part.col * n_labels + label
             blocks += [(row, entry, sign * part.data), (row, n_vars + entry, -sign * part.data)]
         constraint = np.arange(len(rivals)) + n_constraints
-        blocks.append((constraint, 2 * n_vars + rivals, -np.ones(len(rivals))))
+        blocks.append((constraint, slack_at + rivals, -np.ones(len(rivals))))
         n_constraints += len(rivals)
+    # P + M - B[group] <= 0 for every entry
+    entry = np.arange(n_vars)
+    row = entry + n_constraints
+    blocks += [
+        (row, entry, np.ones(n_vars)),
+        (row, n_vars + entry, np.ones(n_vars)),
+        (row, bound_at + groups[entry // n_labels], -np.ones(n_vars)),
+    ]
     rows, cols, data = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
-    shape = (n_constraints, 2 * n_vars + n_rows)
-    # A masked label's entries appear in no constraint, so their cost keeps them at 0.
+    shape = (n_constraints + n_vars, bound_at + n_groups)
+    bounds = np.full(shape[0], 0.0)
+    bounds[:n_constraints] = -_MARGIN
+    # A masked label's entries appear in no margin constraint, so their cost keeps them at 0.
+    cost = np.concatenate(
+        [np.full(2 * n_vars, _L1_COST), np.full(n_rows, _SLACK_COST), np.ones(n_groups)]
+    )
     result = scipy.optimize.linprog(
-        np.concatenate([np.ones(2 * n_vars), np.full(n_rows, _SLACK_COST)]),
+        cost,
         A_ub=scipy.sparse.csr_matrix((data, (rows, cols)), shape=shape),
-        b_ub=np.full(n_constraints, -_MARGIN),
+        b_ub=bounds,
         bounds=(0, None),
         method="highs",
     )
     if result.status != 0:  # it is always feasible (slack) and bounded (costs >= 0)
         raise ReadoutError(f"the linear program for the classifier failed: {result.message}")
     x = result.x
-    return (x[:n_vars] - x[n_vars : 2 * n_vars]).reshape(n_cols, n_labels), x[2 * n_vars :]
+    return (x[:n_vars] - x[n_vars:slack_at]).reshape(n_cols, n_labels), x[slack_at:bound_at]
 
 
 def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
@@ -249,7 +281,8 @@ def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
     allowed = ~model.masked.cpu().numpy()
     wrong_now = np.flatnonzero(_leads(design @ _classifier(model), labels, allowed) <= 0)
     sample = np.random.default_rng(run.config.seed).permutation(len(kept))[:_START_ROWS]
-    weights, facts = fit_classifier(design, labels, allowed, np.union1d(sample, wrong_now))
+    groups = column_groups(n_cat, d_var, len(model.shape.layout.numerical()))
+    weights, facts = fit_classifier(design, labels, allowed, groups, np.union1d(sample, wrong_now))
     refit = copy.deepcopy(model)
     _set_classifier(refit, weights)
     after = domain.check(refit)
@@ -259,11 +292,12 @@ def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
         "n_positions": int(rows.counts.sum()),
         "n_distinct": len(rows.labels),
         "n_conflicts": len(conflicts),
-        "conflicts": [_describe(rows, group, domain) for group in conflicts[:_MAX_CONFLICTS]],
+        "conflicts": _describe(rows, conflicts[:_MAX_CONFLICTS], domain),
         "wrong_before": len(before.wrong),
         "wrong_after": len(after.wrong),
         "kept": len(after.wrong) <= len(before.wrong),
         "total_weight": float(np.abs(weights).sum()),
+        "variables_weighed": _variables_weighed(weights, groups),
         **facts,
     }
     if record["kept"]:
@@ -289,21 +323,25 @@ def _domain_rows(model: TransformerProgram, domain: DomainInputs) -> Rows:
     return rows
 
 
-def _describe(rows: Rows, group: np.ndarray, domain: DomainInputs) -> list[dict[str, Any]]:
-    """One conflict: per label, one position that has it and how many do."""
+def _describe(
+    rows: Rows, conflicts: list[np.ndarray], domain: DomainInputs
+) -> list[list[dict[str, Any]]]:
+    """Per conflict, per label: one position that has it, and how many do."""
     examples = [example for chunk, _ in domain.chunks for example in chunk]
     described = []
-    for row in group.tolist():
-        index, position = rows.example[row].tolist()
-        tokens, targets = examples[index]
-        described.append(
-            {
-                "input": list(tokens),
-                "position": position,
-                "label": targets[position],
-                "positions": int(rows.counts[row]),
-            }
-        )
+    for group in conflicts:
+        described.append([])
+        for row in group.tolist():
+            index, position = rows.example[row].tolist()
+            tokens, targets = examples[index]
+            described[-1].append(
+                {
+                    "input": list(tokens),
+                    "position": position,
+                    "label": targets[position],
+                    "positions": int(rows.counts[row]),
+                }
+            )
     return described
 
 
@@ -320,6 +358,13 @@ def _usable_columns(model: TransformerProgram, removed: list[str]) -> np.ndarray
         if var.name in removed:
             usable[len(categorical) * d_var + var.index] = 0.0
     return usable
+
+
+def _variables_weighed(weights: np.ndarray, groups: np.ndarray) -> int:
+    """How many variables the classifier ``weights`` gives any weight."""
+    largest = np.zeros(int(groups.max()) + 1)
+    np.maximum.at(largest, groups, np.abs(weights).max(1))
+    return int((largest > 1e-9).sum())
 
 
 def _classifier(model: TransformerProgram) -> np.ndarray:

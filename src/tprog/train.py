@@ -128,12 +128,18 @@ def resolve(config: RunConfig) -> tuple[RunConfig, Dataset]:
 def check_enumerable(task: Task, config: RunConfig) -> None:
     """Refuse, before any training, a refit that would need a domain too large to enumerate."""
     domain = task.input_domain(config.data)
-    if domain is None or domain.size() > DEFAULT_MAX_INPUTS:
-        size = "declares no input domain" if domain is None else f"has {domain.size():,} inputs"
-        raise ConfigError(
-            f"train.refit_readout fits the classifier on every input of the task's domain, and "
-            f"{config.task} {size}, more than the {DEFAULT_MAX_INPUTS:,} tprog enumerates."
+    if domain is None:
+        why = f"{config.task} declares no input domain"
+    elif domain.size() > DEFAULT_MAX_INPUTS:
+        why = (
+            f"{config.task}'s has {domain.size():,} inputs, more than the "
+            f"{DEFAULT_MAX_INPUTS:,} tprog enumerates"
         )
+    else:
+        return
+    raise ConfigError(
+        f"train.refit_readout fits the classifier on every input of the task's domain, and {why}."
+    )
 
 
 @dataclass

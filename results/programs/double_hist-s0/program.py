@@ -9,9 +9,9 @@ Hard-model token accuracy: train 0.8432, val 0.8439, test 0.8437.
 On every input of the task's domain (335,922 inputs): token accuracy 0.8067, whole-sequence
 accuracy 0.3635.
 Live: 6 of 6 categorical heads, 6 of 6 numerical heads, 3 of 3 categorical MLPs, 3 of 3
-numerical MLPs; 68 code lines (89 before simplification), 59 of them program() and its
+numerical MLPs; 63 code lines (84 before simplification), 59 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 231 code lines.
+has 233 code lines.
 Simplified on the task's whole input domain (335,922 inputs): every output there is unchanged.
 Checked equal to the hard model on every train/val/test example.
 
@@ -25,7 +25,7 @@ labels and classifier weights. Standard library only (run_batch imports numpy);
 prints nothing.
 """
 
-import importlib.util
+import runpy
 from pathlib import Path
 
 # program() comes first, then the predicates and MLP tables it calls. The helpers it uses
@@ -161,13 +161,9 @@ def num_table_2_0(num_attn_2_1, num_attn_1_1):
     return {(3, 1): 3, (4, 0): 3}.get((num_attn_2_1, num_attn_1_1), default)
 
 
-# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.
-# Its bind() gives the helpers program() calls, and run and run_batch, bound to program() and
-# to this program's vocabulary, labels and classifier weights (the JSON file, read once, here).
-_HERE = Path(__file__).parent
-_SPEC = importlib.util.spec_from_file_location(f"{__name__}_runtime", _HERE / 'tprog_runtime.py')
-_RUNTIME = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_RUNTIME)
-select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _RUNTIME.bind(
-    program, _HERE / 'program_weights.json'
-)
+# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program,
+# run afresh for this one. Its bind() gives the helpers program() calls, and run and run_batch,
+# bound to program() and to this program's vocabulary, labels and classifier weights: the JSON
+# file beside this one whose name is this file's stem and "_weights.json", read once, here.
+_BIND = runpy.run_path(str(Path(__file__).with_name('tprog_runtime.py')))["bind"]
+select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _BIND(program, __file__)

@@ -9,9 +9,9 @@ Hard-model token accuracy: train 0.9841, val 0.9859, test 0.9841.
 On every input of the task's domain (32,768 inputs): token accuracy 0.9842, whole-sequence
 accuracy 0.8929.
 Live: 6 of 12 categorical heads, 7 of 12 numerical heads, 2 of 3 categorical MLPs, 0 of 3
-numerical MLPs; 61 code lines (115 before simplification), 52 of them program() and its
+numerical MLPs; 56 code lines (110 before simplification), 52 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 231 code lines.
+has 233 code lines.
 Pruned after training (train.prune): 15 of 30 heads and MLPs removed, val accuracy 0.9889 ->
 0.9859.
 Simplified on the task's whole input domain (32,768 inputs): every output there is unchanged.
@@ -27,7 +27,7 @@ labels and classifier weights. Standard library only (run_batch imports numpy);
 prints nothing.
 """
 
-import importlib.util
+import runpy
 from pathlib import Path
 
 # program() comes first, then the predicates and MLP tables it calls. The helpers it uses
@@ -153,13 +153,9 @@ def num_predicate_2_1(q_attn_1_1, k_mlp_1_0):
     return k_mlp_1_0 == 3
 
 
-# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.
-# Its bind() gives the helpers program() calls, and run and run_batch, bound to program() and
-# to this program's vocabulary, labels and classifier weights (the JSON file, read once, here).
-_HERE = Path(__file__).parent
-_SPEC = importlib.util.spec_from_file_location(f"{__name__}_runtime", _HERE / 'tprog_runtime.py')
-_RUNTIME = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_RUNTIME)
-select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _RUNTIME.bind(
-    program, _HERE / 'program_weights.json'
-)
+# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program,
+# run afresh for this one. Its bind() gives the helpers program() calls, and run and run_batch,
+# bound to program() and to this program's vocabulary, labels and classifier weights: the JSON
+# file beside this one whose name is this file's stem and "_weights.json", read once, here.
+_BIND = runpy.run_path(str(Path(__file__).with_name('tprog_runtime.py')))["bind"]
+select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _BIND(program, __file__)

@@ -1,8 +1,9 @@
 """The runtime of every tprog program: the helpers its program() calls, and run/run_batch.
 
 tprog writes this file, byte for byte the same, beside every program it generates, as
-tprog_runtime.py. The program loads it by path (so it runs from any working directory) and
-binds it to its own program() and data file with `bind`. Standard library only (run_batch
+tprog_runtime.py. The program runs it by path (runpy, so it runs from any working directory,
+and each program has its own copy of its state) and binds it to its own program() and data file
+with `bind`. Standard library only (run_batch
 imports numpy); prints nothing. Read it once: it is the same for every program.
 
 The helpers take one input's variables as lists (run), or a batch's as numpy arrays
@@ -29,11 +30,14 @@ BOUND_NAMES = (
 )
 
 
-def bind(program, data_file):
+def bind(program, program_file):
     """The names a program uses (BOUND_NAMES), bound to it. ``program(tokens, positions,
-    ones)`` returns every variable by name; ``data_file`` (JSON) holds the vocabulary, labels,
-    context size and the classifier's weights."""
-    runtime = Runtime(program, json.loads(Path(data_file).read_text(encoding="utf-8")))
+    ones)`` returns every variable by name; its file, ``program_file``, has beside it the JSON
+    file of its vocabulary, labels, context size and classifier weights, named after it:
+    ``program.py``'s is ``program_weights.json`` (rename the two together)."""
+    program_file = Path(program_file)
+    data_file = program_file.with_name(f"{program_file.stem}_weights.json")
+    runtime = Runtime(program, json.loads(data_file.read_text(encoding="utf-8")))
     return tuple(getattr(runtime, name) for name in BOUND_NAMES)
 
 

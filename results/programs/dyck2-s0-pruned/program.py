@@ -9,9 +9,9 @@ Hard-model token accuracy: train 0.9694, val 0.9682, test 0.9691.
 On a uniform sample of 100000 of the task's domain (100,000 inputs): token accuracy 0.9640,
 whole-sequence accuracy 0.8242.
 Live: 5 of 6 categorical heads, 2 of 6 numerical heads, 2 of 6 categorical MLPs, 0 of 6
-numerical MLPs; 51 code lines (124 before simplification), 42 of them program() and its
+numerical MLPs; 46 code lines (119 before simplification), 42 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 231 code lines.
+has 233 code lines.
 Pruned after training (train.prune): 15 of 24 heads and MLPs removed, val accuracy 0.9732 ->
 0.9682.
 Simplified on the 20,000 train/val/test inputs and 250,000 drawn uniformly from the domain's
@@ -31,7 +31,7 @@ labels and classifier weights. Standard library only (run_batch imports numpy);
 prints nothing.
 """
 
-import importlib.util
+import runpy
 from pathlib import Path
 
 # program() comes first, then the predicates and MLP tables it calls. The helpers it uses
@@ -126,13 +126,9 @@ def num_predicate_2_1(q_attn_1_0, k_attn_1_1):
     return q_attn_1_0 in {5, 8} and k_attn_1_1 == 4
 
 
-# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.
-# Its bind() gives the helpers program() calls, and run and run_batch, bound to program() and
-# to this program's vocabulary, labels and classifier weights (the JSON file, read once, here).
-_HERE = Path(__file__).parent
-_SPEC = importlib.util.spec_from_file_location(f"{__name__}_runtime", _HERE / 'tprog_runtime.py')
-_RUNTIME = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_RUNTIME)
-select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _RUNTIME.bind(
-    program, _HERE / 'program_weights.json'
-)
+# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program,
+# run afresh for this one. Its bind() gives the helpers program() calls, and run and run_batch,
+# bound to program() and to this program's vocabulary, labels and classifier weights: the JSON
+# file beside this one whose name is this file's stem and "_weights.json", read once, here.
+_BIND = runpy.run_path(str(Path(__file__).with_name('tprog_runtime.py')))["bind"]
+select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _BIND(program, __file__)

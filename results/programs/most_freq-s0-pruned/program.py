@@ -9,9 +9,9 @@ Hard-model token accuracy: train 0.7263, val 0.7335, test 0.7290.
 On every input of the task's domain (335,922 inputs): token accuracy 0.7070, whole-sequence
 accuracy 0.0794.
 Live: 7 of 12 categorical heads, 10 of 12 numerical heads, 2 of 6 categorical MLPs, 2 of 6
-numerical MLPs; 77 code lines (151 before simplification), 68 of them program() and its
+numerical MLPs; 72 code lines (146 before simplification), 68 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 231 code lines.
+has 233 code lines.
 Pruned after training (train.prune): 15 of 36 heads and MLPs removed, val accuracy 0.7312 ->
 0.7335.
 Simplified on the task's whole input domain (335,922 inputs): every output there is unchanged.
@@ -27,7 +27,7 @@ labels and classifier weights. Standard library only (run_batch imports numpy);
 prints nothing.
 """
 
-import importlib.util
+import runpy
 from pathlib import Path
 
 # program() comes first, then the predicates and MLP tables it calls. The helpers it uses
@@ -183,13 +183,9 @@ def num_table_2_1(num_attn_1_0, num_attn_2_3):
     return {(0, 0): 4, (1, 1): 4, (1, 2): 4, (2, 6): 7}.get((num_attn_1_0, num_attn_2_3), default)
 
 
-# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.
-# Its bind() gives the helpers program() calls, and run and run_batch, bound to program() and
-# to this program's vocabulary, labels and classifier weights (the JSON file, read once, here).
-_HERE = Path(__file__).parent
-_SPEC = importlib.util.spec_from_file_location(f"{__name__}_runtime", _HERE / 'tprog_runtime.py')
-_RUNTIME = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_RUNTIME)
-select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _RUNTIME.bind(
-    program, _HERE / 'program_weights.json'
-)
+# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program,
+# run afresh for this one. Its bind() gives the helpers program() calls, and run and run_batch,
+# bound to program() and to this program's vocabulary, labels and classifier weights: the JSON
+# file beside this one whose name is this file's stem and "_weights.json", read once, here.
+_BIND = runpy.run_path(str(Path(__file__).with_name('tprog_runtime.py')))["bind"]
+select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _BIND(program, __file__)

@@ -9,9 +9,9 @@ Hard-model token accuracy: train 1.0000, val 1.0000, test 1.0000.
 On every input of the task's domain (19,530 inputs): token accuracy 1.0000, whole-sequence
 accuracy 1.0000.
 Live: 11 of 12 categorical heads, 12 of 12 numerical heads, 3 of 6 categorical MLPs, 3 of 6
-numerical MLPs; 109 code lines (131 before simplification), 100 of them program() and its
+numerical MLPs; 104 code lines (126 before simplification), 100 of them program() and its
 predicates and tables. The runtime it loads, tprog_runtime.py, the same in every tprog program,
-has 231 code lines.
+has 233 code lines.
 Continued (tprog continue) from the run /work/main/runs/sort-s1-stprune, which was pruned (4
 heads and MLPs removed) and refined (10 rounds, round 2 kept); what its model went through is in
 continued_from.json.
@@ -31,7 +31,7 @@ labels and classifier weights. Standard library only (run_batch imports numpy);
 prints nothing.
 """
 
-import importlib.util
+import runpy
 from pathlib import Path
 
 # program() comes first, then the predicates and MLP tables it calls. The helpers it uses
@@ -243,13 +243,9 @@ def num_table_2_0(num_attn_2_0, num_attn_1_3):
     return {(0, 0): 1, (0, 1): 3, (1, 0): 3, (1, 1): 3}.get((num_attn_2_0, num_attn_1_3), 6)
 
 
-# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program.
-# Its bind() gives the helpers program() calls, and run and run_batch, bound to program() and
-# to this program's vocabulary, labels and classifier weights (the JSON file, read once, here).
-_HERE = Path(__file__).parent
-_SPEC = importlib.util.spec_from_file_location(f"{__name__}_runtime", _HERE / 'tprog_runtime.py')
-_RUNTIME = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_RUNTIME)
-select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _RUNTIME.bind(
-    program, _HERE / 'program_weights.json'
-)
+# --- The runtime: tprog_runtime.py beside this file, the same in every tprog program,
+# run afresh for this one. Its bind() gives the helpers program() calls, and run and run_batch,
+# bound to program() and to this program's vocabulary, labels and classifier weights: the JSON
+# file beside this one whose name is this file's stem and "_weights.json", read once, here.
+_BIND = runpy.run_path(str(Path(__file__).with_name('tprog_runtime.py')))["bind"]
+select_closest, select, aggregate, aggregate_sum, apply, run, run_batch = _BIND(program, __file__)
