@@ -339,14 +339,8 @@ def _readout_sentence(run: Run) -> list[str]:
     if readout is None:
         return []
     before, after = readout["wrong_before"], readout["wrong_after"]
-    if after is None:
-        outcome = (
-            "the linear program found no classifier right on every position the variables tell"
-            " apart, so the trained one stays"
-        )
-    else:
-        kept = "kept" if readout["kept"] else "not kept: more wrong than before"
-        outcome = f"wrong inputs of the domain {before} -> {after}, {kept}"
+    kept = "kept" if readout["kept"] else "not kept: more were wrong than before"
+    outcome = f"wrong inputs of the domain {before} -> {after}, {kept}"
     conflicts = readout["n_conflicts"]
     tell = (
         f"; at {conflicts} sets of positions the variables are equal where the labels differ,"

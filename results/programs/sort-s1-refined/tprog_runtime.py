@@ -3,8 +3,8 @@
 tprog writes this file, byte for byte the same, beside every program it generates, as
 tprog_runtime.py. The program runs it by path (runpy, so it runs from any working directory,
 and each program has its own copy of its state) and binds it to its own program() and data file
-with `bind`. Standard library only (run_batch
-imports numpy); prints nothing. Read it once: it is the same for every program.
+with `bind`. Standard library only (run_batch imports numpy); prints nothing. Read it once: it
+is the same for every program.
 
 The helpers take one input's variables as lists (run), or a batch's as numpy arrays
 [inputs, length] (run_batch); the numpy versions are at the end of this file.
