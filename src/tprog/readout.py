@@ -275,13 +275,13 @@ def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
     rows = _domain_rows(model, domain)
     kept, conflicts = resolve_conflicts(rows)
     n_cat, d_var = len(model.shape.layout.categorical()), model.shape.d_var
-    usable = scipy.sparse.diags(_usable_columns(model, removed_modules(run.path, model)))
-    design = design_matrix(rows.values[kept], n_cat, d_var) @ usable
+    groups = column_groups(n_cat, d_var, len(model.shape.layout.numerical()))
+    usable = _usable_columns(model, removed_modules(run.path, model), groups)
+    design = design_matrix(rows.values[kept], n_cat, d_var) @ scipy.sparse.diags(usable)
     labels = rows.labels[kept]
     allowed = ~model.masked.cpu().numpy()
     wrong_now = np.flatnonzero(_leads(design @ _classifier(model), labels, allowed) <= 0)
     sample = np.random.default_rng(run.config.seed).permutation(len(kept))[:_START_ROWS]
-    groups = column_groups(n_cat, d_var, len(model.shape.layout.numerical()))
     weights, facts = fit_classifier(design, labels, allowed, groups, np.union1d(sample, wrong_now))
     refit = copy.deepcopy(model)
     _set_classifier(refit, weights)
@@ -345,19 +345,16 @@ def _describe(
     return described
 
 
-def _usable_columns(model: TransformerProgram, removed: list[str]) -> np.ndarray:
+def _usable_columns(
+    model: TransformerProgram, removed: list[str], groups: np.ndarray
+) -> np.ndarray:
     """1.0 for each column of the design matrix the classifier may weigh, 0.0 for those of the
-    variables of modules that pruning removed (their weights are held at 0)."""
-    layout, d_var = model.shape.layout, model.shape.d_var
-    categorical, numerical = layout.categorical(), layout.numerical()
-    usable = np.ones(len(categorical) * d_var + len(numerical))
-    for var in categorical:
-        if var.name in removed:
-            usable[var.index * d_var : (var.index + 1) * d_var] = 0.0
-    for var in numerical:
-        if var.name in removed:
-            usable[len(categorical) * d_var + var.index] = 0.0
-    return usable
+    variables of modules that pruning removed (their weights are held at 0); ``groups`` is
+    `column_groups`, the variable of each column."""
+    categorical, numerical = model.shape.layout.categorical(), model.shape.layout.numerical()
+    gone = [var.index for var in categorical if var.name in removed]
+    gone += [len(categorical) + var.index for var in numerical if var.name in removed]
+    return (~np.isin(groups, gone)).astype(np.float64)
 
 
 def _variables_weighed(weights: np.ndarray, groups: np.ndarray) -> int:
