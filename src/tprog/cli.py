@@ -132,6 +132,19 @@ def _print_results(results: dict, program_path: Path) -> None:
         rounds, kept = results["refinement"]["rounds"], results["refinement"]["kept_round"]
         wrong = " -> ".join(str(record["n_wrong"]) for record in rounds)
         click.echo(f"refinement: inputs wrong after each round {wrong}; kept round {kept}")
+    if results.get("readout"):
+        readout = results["readout"]
+        kept = "kept" if readout["kept"] else "not kept"
+        click.echo(
+            f"classifier refit: inputs wrong {readout['wrong_before']} -> "
+            f"{readout['wrong_after']} ({kept}; {readout['n_conflicts']} conflicts)"
+        )
+    if results.get("repair"):
+        repair = results["repair"]
+        click.echo(
+            f"predicate edits: {len(repair['edits'])} kept of {len(repair['tried'])} tried; "
+            f"inputs wrong {repair['wrong_before']} -> {repair['wrong_after']}"
+        )
     lines = results["size"]["code_lines"]
     click.echo(
         f"program: {program_path} ({lines['simplified']} code lines, "
@@ -147,9 +160,9 @@ def _print_results(results: dict, program_path: Path) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def continue_(source: Path, overrides, out: Path, overwrite: bool, quiet: bool) -> None:
-    """Prune and/or refine a finished run as a new run: KEY=VALUE sets train.prune* and
-    train.refine* (e.g. train.prune=true); RUN_DIR, which may itself be pruned or refined,
-    stays as it is."""
+    """Prune, refine or refit a finished run as a new run: KEY=VALUE sets train.prune*,
+    train.refine* and train.refit* (e.g. train.prune=true); RUN_DIR, which may itself be
+    pruned or refined, stays as it is."""
     outcome = continue_run(
         source, out, parse_overrides(overrides), overwrite=overwrite, progress=not quiet
     )

@@ -153,6 +153,18 @@ class TrainConfig(_Section):
         "task's domain by linear programming: right wherever the program's variables tell the "
         "labels apart (tprog.readout); needs an enumerable domain and train.refine_holdout=false",
     )
+    refit_edits: int = Field(
+        0,
+        ge=0,
+        description="after the classifier's refit, at most this many single edits of a head's "
+        "predicate (one query value's key), each chosen by search on the domain and followed by "
+        "another refit, while inputs stay wrong (tprog.repair); needs train.refit_readout",
+    )
+    refit_candidates: int = Field(
+        4,
+        ge=1,
+        description="edits whose refit each step of train.refit_edits tries, best scored first",
+    )
 
 
 class StandardConfig(_Section):
@@ -291,8 +303,8 @@ def build_config(task: str, layers: Sequence[Mapping[str, Any]]) -> RunConfig:
 
 
 def post_training_keys() -> list[str]:
-    """The keys of the stages after training (pruning, refinement, the classifier's refit):
-    changing them leaves the trained model as it is."""
+    """The keys of the stages after training (pruning, refinement, the classifier's refit and
+    the predicate edits after it): changing them leaves the trained model as it is."""
     stages = ("prune", "refine", "refit")
     return [f"train.{key}" for key in TrainConfig.model_fields if key.startswith(stages)]
 
@@ -360,6 +372,11 @@ def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
             "train.refit_readout fits the classifier on the task's whole domain, val and test "
             "inputs included, so test accuracy is not held out: set train.refine_holdout=false "
             "to say so."
+        )
+    if config.train.refit_edits and not config.train.refit_readout:
+        raise ConfigError(
+            "train.refit_edits follows each edit with the classifier's refit: it needs "
+            "train.refit_readout=true."
         )
     refine_tau = config.train.refine_tau
     if config.train.refine and refine_tau is not None and config.train.tau_end > refine_tau:

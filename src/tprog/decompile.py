@@ -33,6 +33,7 @@ from tprog.program_stats import code_lines, learned_lines, module_counts
 from tprog.prune import describe_change, describe_removals, pruning_summary
 from tprog.readout import readout_summary
 from tprog.refine import refinement_summary
+from tprog.repair import repair_summary
 from tprog.rundir import (
     PROGRAM_JSON,
     PROGRAM_PY,
@@ -120,6 +121,7 @@ def decompile(
         "pruning": pruning_summary(run.path),
         "refinement": refinement_summary(run.path),
         "readout": readout_summary(run.path),
+        "repair": repair_summary(run.path),
         "continued_from": read_lineage(run.path),
         "machine": platform.machine(),
     }
@@ -265,6 +267,7 @@ def _header(
         *_pruned_sentence(run),
         *_refined_sentence(run),
         *_readout_sentence(run),
+        *_repair_sentence(run),
         f"Simplified on {basis.description}: every output there is unchanged."
         + _beyond_basis_sentence(program),
         "Checked equal to the hard model on every train/val/test example.",
@@ -354,6 +357,24 @@ def _readout_sentence(run: Run) -> list[str]:
     ]
 
 
+def _repair_sentence(run: Run) -> list[str]:
+    """A sentence on the predicate edits after the refit (train.refit_edits), when searched."""
+    repair = repair_summary(run.path)
+    if repair is None:
+        return []
+    edits = [
+        f"{edit['edit']['head']} maps query value {edit['edit']['query']} to key value "
+        f"{edit['edit']['key']}"
+        for edit in repair["edits"]
+    ]
+    found = f"{len(edits)} kept ({'; '.join(edits)})" if edits else "none kept"
+    return [
+        f"Predicates edited after the refit (train.refit_edits, each edit followed by another "
+        f"refit): {len(repair['tried'])} edits tried, {found}; wrong inputs of the domain "
+        f"{repair['wrong_before']} -> {repair['wrong_after']}."
+    ]
+
+
 def _continued_sentence(run: Run) -> list[str]:
     """A sentence on the run this one continued from, when that run was pruned or refined:
     this program's model went through more than its config says."""
@@ -371,6 +392,10 @@ def _continued_sentence(run: Run) -> list[str]:
     if readout and readout["kept"]:
         wrong = f"{readout['wrong_before']} -> {readout['wrong_after']} wrong inputs"
         done.append(f"given a refit classifier ({wrong})")
+    repair = lineage.get("repair")
+    if repair and repair["edits"]:
+        wrong = f"{repair['wrong_before']} -> {repair['wrong_after']} wrong inputs"
+        done.append(f"given {len(repair['edits'])} predicate edits ({wrong})")
     return [
         f"Continued (tprog continue) from the run {lineage.get('run')}, which was "
         f"{' and '.join(done) or 'pruned or refined'}; what its model went through is in "

@@ -22,6 +22,7 @@ from tprog.ir import Program
 from tprog.prune import PRUNING, prune, pruning_summary, removed_modules
 from tprog.readout import READOUT, readout_summary, refit_readout
 from tprog.refine import INHERITED, REFINEMENT, inheritance, refine, refinement_summary
+from tprog.repair import REPAIR, repair_predicates, repair_summary
 from tprog.rundir import (
     CONFIG,
     LINEAGE,
@@ -106,11 +107,12 @@ def _after_training(run: Run, dataset: Dataset, progress: bool) -> Outcome:
     prune(run, dataset, progress=progress)
     refine(run, dataset, progress=progress)
     refit_readout(run, dataset)
+    repair_predicates(run, dataset)
     return decompile(run, dataset=dataset, model=run.load_model())
 
 
 # a stage ran if its log exists
-STAGE_LOGS = {"pruning": PRUNING, "refinement": REFINEMENT, "readout": READOUT}
+STAGE_LOGS = {"pruning": PRUNING, "refinement": REFINEMENT, "readout": READOUT, "repair": REPAIR}
 
 
 def continue_run(
@@ -123,7 +125,7 @@ def continue_run(
 ) -> Outcome:
     """A new run in ``out`` that starts from the model of the run in ``source`` and runs the
     stages after training as ``overrides`` set them (train.prune*, train.refine*,
-    train.refit_readout), then decompiles it. ``source`` is left as it is.
+    train.refit_*), then decompiles it. ``source`` is left as it is.
 
     From a run that only trained, the new run's training is ``source``'s: config, vocabulary,
     logs and end-of-training checkpoint are copied, so the new run is the run that the new
@@ -197,6 +199,7 @@ def _lineage(
         "pruning": pruning,
         "refinement": refinement,
         "readout": _readout_lineage(source),
+        "repair": _repair_lineage(source),
         "continued_from": read_lineage(source),
     }
     return record, model.state_dict()
@@ -312,3 +315,10 @@ def _readout_lineage(source: Path) -> dict[str, Any] | None:
     if readout is None:
         return None
     return {key: readout[key] for key in ("wrong_before", "wrong_after", "kept", "n_conflicts")}
+
+
+def _repair_lineage(source: Path) -> dict[str, Any] | None:
+    repair = repair_summary(source)
+    if repair is None:
+        return None
+    return {key: repair[key] for key in ("wrong_before", "wrong_after", "edits")}

@@ -254,6 +254,72 @@ def _solve(
     return (x[:n_vars] - x[n_vars:slack_at]).reshape(n_cols, n_labels), x[slack_at:bound_at]
 
 
+class Refitter:
+    """The classifier's linear program for models of one run on its whole domain: the rows of a
+    model's variables, and the refit classifier they admit."""
+
+    def __init__(self, run: Run, dataset: Dataset, model: TransformerProgram) -> None:
+        self.domain = DomainInputs(run, dataset, np.random.default_rng(run.config.seed))
+        if self.domain.mode != WHOLE_DOMAIN:
+            raise ReadoutError(
+                f"refitting the classifier needs every input of the task's domain, and "
+                f"{run.config.task}'s is too large to enumerate (tprog verify checks a "
+                f"{self.domain.mode})."
+            )
+        self.seed = run.config.seed
+        self.n_cat, self.d_var = len(model.shape.layout.categorical()), model.shape.d_var
+        self.groups = column_groups(self.n_cat, self.d_var, len(model.shape.layout.numerical()))
+        self.usable = scipy.sparse.diags(
+            _usable_columns(model, removed_modules(run.path, model), self.groups)
+        )
+        self.allowed = ~model.masked.cpu().numpy()
+
+    def problem(self, model: TransformerProgram) -> Problem:
+        """``model``'s rows on the domain, its conflicts, and the linear program's data."""
+        rows = _domain_rows(model, self.domain)
+        kept, conflicts = resolve_conflicts(rows)
+        design = design_matrix(rows.values[kept], self.n_cat, self.d_var) @ self.usable
+        return Problem(rows, kept, conflicts, design, rows.labels[kept])
+
+    def leads(self, model: TransformerProgram, problem: Problem) -> np.ndarray:
+        """Per kept row of ``problem``, by how much ``model``'s classifier puts its label ahead."""
+        return _leads(problem.design @ _classifier(model), problem.labels, self.allowed)
+
+    def short(self, model: TransformerProgram, problem: Problem) -> np.ndarray:
+        """Per kept row of ``problem``, whether ``model``'s classifier leaves it short of the
+        lead that counts as right (wrong, or right only by a rounding)."""
+        return self.leads(model, problem) < _RIGHT
+
+    def refit(
+        self, model: TransformerProgram, problem: Problem
+    ) -> tuple[TransformerProgram, dict[str, Any]]:
+        """A copy of ``model`` with the classifier the linear program chooses on ``problem``
+        (``model``'s own rows), and the solver's figures."""
+        wrong_now = np.flatnonzero(self.leads(model, problem) <= 0)
+        order = np.random.default_rng(self.seed).permutation(len(problem.kept))
+        start = np.union1d(order[:_START_ROWS], wrong_now)
+        weights, facts = fit_classifier(
+            problem.design, problem.labels, self.allowed, self.groups, start
+        )
+        refit = copy.deepcopy(model)
+        _set_classifier(refit, weights)
+        facts["total_weight"] = float(np.abs(weights).sum())
+        facts["variables_weighed"] = _variables_weighed(weights, self.groups)
+        return refit, facts
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A model's rows on the domain, and the linear program's data: the rows it must get right
+    (``kept``, one per set of rows sharing their variables), their design matrix and labels."""
+
+    rows: Rows
+    kept: np.ndarray
+    conflicts: list[np.ndarray]
+    design: scipy.sparse.csr_matrix
+    labels: np.ndarray
+
+
 def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
     """Refit the classifier of the model in ``run.path`` (see the module docstring) and rewrite
     model.pt with it unless it leaves more inputs wrong; returns the record readout.json keeps
@@ -265,39 +331,22 @@ def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
         return read_json(path)
     started = time.perf_counter()
     model = run.load_model()
-    domain = DomainInputs(run, dataset, np.random.default_rng(run.config.seed))
-    if domain.mode != WHOLE_DOMAIN:
-        raise ReadoutError(
-            f"train.refit_readout needs every input of the task's domain, and {run.config.task}'s "
-            f"is too large to enumerate (tprog verify checks a {domain.mode})."
-        )
-    before = domain.check(model)
-    rows = _domain_rows(model, domain)
-    kept, conflicts = resolve_conflicts(rows)
-    n_cat, d_var = len(model.shape.layout.categorical()), model.shape.d_var
-    groups = column_groups(n_cat, d_var, len(model.shape.layout.numerical()))
-    usable = _usable_columns(model, removed_modules(run.path, model), groups)
-    design = design_matrix(rows.values[kept], n_cat, d_var) @ scipy.sparse.diags(usable)
-    labels = rows.labels[kept]
-    allowed = ~model.masked.cpu().numpy()
-    wrong_now = np.flatnonzero(_leads(design @ _classifier(model), labels, allowed) <= 0)
-    sample = np.random.default_rng(run.config.seed).permutation(len(kept))[:_START_ROWS]
-    weights, facts = fit_classifier(design, labels, allowed, groups, np.union1d(sample, wrong_now))
-    refit = copy.deepcopy(model)
-    _set_classifier(refit, weights)
-    after = domain.check(refit)
+    refitter = Refitter(run, dataset, model)
+    before = refitter.domain.check(model)
+    problem = refitter.problem(model)
+    refit, facts = refitter.refit(model, problem)
+    after = refitter.domain.check(refit)
+    rows, conflicts = problem.rows, problem.conflicts
     record = {
-        "domain": domain.mode,
+        "domain": refitter.domain.mode,
         "n_inputs": before.n_inputs,
         "n_positions": int(rows.counts.sum()),
         "n_distinct": len(rows.labels),
         "n_conflicts": len(conflicts),
-        "conflicts": _describe(rows, conflicts[:_MAX_CONFLICTS], domain),
+        "conflicts": _describe(rows, conflicts[:_MAX_CONFLICTS], refitter.domain),
         "wrong_before": len(before.wrong),
         "wrong_after": len(after.wrong),
         "kept": len(after.wrong) <= len(before.wrong),
-        "total_weight": float(np.abs(weights).sum()),
-        "variables_weighed": _variables_weighed(weights, groups),
         **facts,
     }
     if record["kept"]:
