@@ -69,6 +69,14 @@ def test_continue_with_edits_leaves_no_more_inputs_wrong_than_the_refit(trained,
     assert repair["tried"], "no edit was tried"
     assert all(tried["step"] in (1, 2) for tried in repair["tried"])
     assert len([tried for tried in repair["tried"] if tried["step"] == 1]) <= 2
+    for tried in repair["tried"]:  # one layer: its heads read only the inputs
+        edit = tried["edit"]
+        for variable, value in (
+            (edit["query_variable"], edit["query"]),
+            (edit["key_variable"], edit["key"]),
+        ):
+            assert variable in ("tokens", "positions")
+            assert isinstance(value, str if variable == "tokens" else int), edit
     # each kept edit left fewer inputs wrong than the step before it
     wrong = [repair["wrong_before"]] + [edit["wrong_after"] for edit in repair["edits"]]
     assert wrong == sorted(wrong, reverse=True) and len(set(wrong)) == len(wrong)

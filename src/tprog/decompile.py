@@ -363,9 +363,9 @@ def _repair_sentence(run: Run) -> list[str]:
     if repair is None:
         return []
     edits = [
-        f"{edit['edit']['head']} maps query value {edit['edit']['query']} to key value "
-        f"{edit['edit']['key']}"
-        for edit in repair["edits"]
+        f"{edit['head']}: query {edit['query_variable']} == {edit['query']!r} now selects key "
+        f"{edit['key_variable']} == {edit['key']!r}"
+        for edit in (kept["edit"] for kept in repair["edits"])
     ]
     found = f"{len(edits)} kept ({'; '.join(edits)})" if edits else "none kept"
     return [

@@ -43,6 +43,7 @@ from tprog.domain_check import encode_examples
 from tprog.model.program import TransformerProgram
 from tprog.readout import Problem, Refitter
 from tprog.rundir import MODEL, Run, read_json, save_model, write_json
+from tprog.vocab import Vocab
 
 REPAIR = "repair.json"
 KINDS = {"cat_attn": "attn", "num_attn": "num_attn"}  # a block's heads, and their names' prefix
@@ -77,7 +78,8 @@ def repair_predicates(run: Run, dataset: Dataset) -> dict[str, Any] | None:
             edited = edit_predicate(model, edit)
             refit, _ = refitter.refit(edited, refitter.problem(edited))
             n_wrong = len(refitter.domain.check(refit).wrong)
-            record["tried"].append({"step": step, "edit": describe(edit), "wrong": n_wrong})
+            shown = describe(edit, model, run.vocab)
+            record["tried"].append({"step": step, "edit": shown, "wrong": n_wrong})
             if best is None or n_wrong < best[0]:
                 best = (n_wrong, edit, refit)
             if not n_wrong:
@@ -85,7 +87,7 @@ def repair_predicates(run: Run, dataset: Dataset) -> dict[str, Any] | None:
         if best is None or best[0] >= wrong:
             break
         wrong, edit, model = best
-        record["edits"].append({"edit": describe(edit), "wrong_after": wrong})
+        record["edits"].append({"edit": describe(edit, model, run.vocab), "wrong_after": wrong})
     record["wrong_after"] = wrong
     if record["edits"]:
         save_model(run.path / MODEL, model, run.config)
@@ -111,10 +113,25 @@ def edit_predicate(model: TransformerProgram, edit: Edit) -> TransformerProgram:
     return edited
 
 
-def describe(edit: Edit) -> dict[str, Any]:
-    """An edit as readout-style JSON: the head's variable name, the query and key values."""
+def describe(edit: Edit, model: TransformerProgram, vocab: Vocab) -> dict[str, Any]:
+    """An edit as JSON: the head, the variables its query and key read, and the query value
+    and key value the edit maps it to (a token where the variable is ``tokens``, else the
+    value's index)."""
     layer, kind, head, query, key = edit
-    return {"head": f"{KINDS[kind]}_{layer}_{head}", "query": query, "key": key}
+    chosen = getattr(model.blocks[layer], kind).chosen()
+    names = [var.name for var in model.shape.layout.categorical()]  # in stack order
+    query_variable, key_variable = names[chosen["query"][head]], names[chosen["key"][head]]
+
+    def shown(variable: str, value: int) -> int | str:
+        return vocab.tokens[value] if variable == "tokens" else value
+
+    return {
+        "head": f"{KINDS[kind]}_{layer}_{head}",
+        "query_variable": query_variable,
+        "query": shown(query_variable, query),
+        "key_variable": key_variable,
+        "key": shown(key_variable, key),
+    }
 
 
 def _edits(model: TransformerProgram) -> Iterator[Edit]:
