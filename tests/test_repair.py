@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from tests.test_cli import tprog
+from tests.test_prune import pruned_run
 from tests.test_readout import TINY
 from tprog.errors import ConfigError
 from tprog.pipeline import continue_run, train_and_decompile
-from tprog.readout import READOUT
-from tprog.repair import REPAIR, edit_predicate
+from tprog.readout import READOUT, Refitter
+from tprog.repair import REPAIR, _edits, describe, edit_predicate
 from tprog.rundir import load_run
 from tprog.tasks import task_config
+from tprog.train import resolve
 
 REFIT = ["train.refit_readout=true", "train.refine_holdout=false"]
 
@@ -44,6 +46,20 @@ def test_an_edit_moves_one_query_values_key_and_nothing_else(trained, kind) -> N
     changed = (after != before).nonzero().tolist()
     assert changed == [[1, 2, key]], "the edit touched more than one logit"
     assert torch.equal(getattr(model.blocks[0], kind).predicate, before), "the model changed"
+
+
+def test_what_pruning_removed_is_neither_edited_nor_read_for_conflicts(tmp_path) -> None:
+    # a removed module still computes its own variable; the classifier may not weigh it
+    run = load_run(pruned_run(tmp_path / "hist"))
+    model = run.load_model()
+    _, dataset = resolve(run.config)
+    refitter = Refitter(run, dataset, model)
+    assert refitter.removed, "the tiny pruning should remove something"
+    problem = refitter.problem(model)
+    assert len(refitter.unusable_vars)
+    assert (problem.rows.values[:, refitter.unusable_vars] == 0).all()
+    heads = {describe(edit, model, run.vocab)["head"] for edit in _edits(model, refitter.removed)}
+    assert heads and not heads & set(refitter.removed)
 
 
 def test_edits_need_the_refit(tmp_path) -> None:

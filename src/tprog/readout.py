@@ -267,16 +267,23 @@ class Refitter:
                 f"{self.domain.mode})."
             )
         self.seed = run.config.seed
+        self.removed = removed_modules(run.path, model)
         self.n_cat, self.d_var = len(model.shape.layout.categorical()), model.shape.d_var
         self.groups = column_groups(self.n_cat, self.d_var, len(model.shape.layout.numerical()))
-        self.usable = scipy.sparse.diags(
-            _usable_columns(model, removed_modules(run.path, model), self.groups)
-        )
+        usable = _usable_columns(model, self.removed, self.groups)
+        self.usable = scipy.sparse.diags(usable)
+        # variables the classifier may not weigh: a removed module still computes its own
+        # variable, and two positions that differ only there are a conflict all the same
+        self.unusable_vars = np.unique(self.groups[usable == 0])
         self.allowed = ~model.masked.cpu().numpy()
 
     def problem(self, model: TransformerProgram) -> Problem:
         """``model``'s rows on the domain, its conflicts, and the linear program's data."""
         rows = _domain_rows(model, self.domain)
+        if len(self.unusable_vars):
+            values = rows.values.copy()
+            values[:, self.unusable_vars] = 0
+            rows = distinct(values, rows.labels, rows.counts, rows.example)
         kept, conflicts = resolve_conflicts(rows)
         design = design_matrix(rows.values[kept], self.n_cat, self.d_var) @ self.usable
         return Problem(rows, kept, conflicts, design, rows.labels[kept])

@@ -40,13 +40,14 @@ import torch
 
 from tprog.data import Dataset, Split
 from tprog.domain_check import encode_examples
+from tprog.model.layout import Layout
 from tprog.model.program import TransformerProgram
 from tprog.readout import Problem, Refitter
 from tprog.rundir import MODEL, Run, read_json, save_model, write_json
 from tprog.vocab import Vocab
 
 REPAIR = "repair.json"
-KINDS = {"cat_attn": "attn", "num_attn": "num_attn"}  # a block's heads, and their names' prefix
+KINDS = {"cat_attn": "categorical", "num_attn": "numerical"}  # a block's heads, and their kind
 
 Edit = tuple[int, str, int, int, int]  # (layer, "cat_attn" | "num_attn", head, query, key)
 
@@ -72,7 +73,8 @@ def repair_predicates(run: Run, dataset: Dataset) -> dict[str, Any] | None:
             break
         problem = refitter.problem(model)
         targets = _targets(refitter, model, problem)
-        candidates = _rank(refitter, model, _moving(model, targets, examples, dataset))
+        moving = _moving(model, refitter.removed, targets, examples, dataset)
+        candidates = _rank(refitter, model, moving)
         best = None
         for edit in candidates[: cfg.refit_candidates]:
             edited = edit_predicate(model, edit)
@@ -126,7 +128,7 @@ def describe(edit: Edit, model: TransformerProgram, vocab: Vocab) -> dict[str, A
         return vocab.tokens[value] if variable == "tokens" else value
 
     return {
-        "head": f"{KINDS[kind]}_{layer}_{head}",
+        "head": Layout.head_name(layer, head, KINDS[kind]),
         "query_variable": query_variable,
         "query": shown(query_variable, query),
         "key_variable": key_variable,
@@ -134,8 +136,9 @@ def describe(edit: Edit, model: TransformerProgram, vocab: Vocab) -> dict[str, A
     }
 
 
-def _edits(model: TransformerProgram) -> Iterator[Edit]:
-    """Every single predicate edit of ``model``: each head, query value and other key value."""
+def _edits(model: TransformerProgram, removed: list[str]) -> Iterator[Edit]:
+    """Every single predicate edit of ``model``: each head (but those pruning ``removed``:
+    nothing reads them), query value and other key value."""
     for layer, block in enumerate(model.blocks):
         for kind in KINDS:
             heads = getattr(block, kind)
@@ -143,6 +146,8 @@ def _edits(model: TransformerProgram) -> Iterator[Edit]:
                 continue
             chosen = heads.predicate.argmax(-1).tolist()  # [heads][query] -> key
             for head, row in enumerate(chosen):
+                if Layout.head_name(layer, head, KINDS[kind]) in removed:
+                    continue
                 for query, current in enumerate(row):
                     for key in range(len(row)):
                         if key != current:
@@ -161,6 +166,7 @@ def _targets(
 
 def _moving(
     model: TransformerProgram,
+    removed: list[str],
     targets: list[tuple[int, int]],
     examples: list,
     dataset: Dataset,
@@ -178,7 +184,7 @@ def _moving(
     before = at_targets(model)
     return [
         edit
-        for edit in _edits(model)
+        for edit in _edits(model, removed)
         if not torch.equal(at_targets(edit_predicate(model, edit)), before)
     ]
 
