@@ -47,7 +47,7 @@ from tprog.domain_check import DomainInputs
 from tprog.errors import TprogError
 from tprog.model.program import TransformerProgram
 from tprog.prune import removed_modules
-from tprog.rundir import MODEL, Run, read_json, save_model, write_json
+from tprog.rundir import MODEL, Run, read_json_if_present, save_model, write_json
 from tprog.verify import WHOLE_DOMAIN
 
 READOUT = "readout.json"
@@ -94,14 +94,19 @@ def distinct(values, labels, counts, example) -> Rows:
 
 
 @torch.no_grad()
-def scored_rows(model: TransformerProgram, split: Split, tables: list, first_input: int) -> Rows:
-    """The hard model's variables at every position of ``split`` whose target is not
-    ``<pad>``, its inputs numbered from ``first_input``."""
+def variable_values(model: TransformerProgram, split: Split, tables: list) -> torch.Tensor:
+    """``[V + U, B, N]``: every variable of the hard model on ``split`` in stack order, the
+    categorical values, then the numerical ones (sums of 0/1 matches times integers)."""
     cat, num = model.stream(
         torch.as_tensor(split.ids), torch.as_tensor(split.lengths), None, tables
     )
-    # [V + U, B, N]: every variable in stack order, categorical values then numerical ones
-    values = torch.cat([chunk.argmax(-1) for chunk in cat] + [torch.cat(num).long()])
+    return torch.cat([chunk.argmax(-1) for chunk in cat] + [torch.cat(num).long()])
+
+
+def scored_rows(model: TransformerProgram, split: Split, tables: list, first_input: int) -> Rows:
+    """The hard model's variables at every position of ``split`` whose target is not
+    ``<pad>``, its inputs numbered from ``first_input``."""
+    values = variable_values(model, split, tables)
     targets = torch.as_tensor(split.target_ids)
     scored = targets != 0
     inputs, offsets = torch.nonzero(scored, as_tuple=True)
@@ -334,8 +339,9 @@ def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
     if not run.config.train.refit_readout:
         return None
     path = run.path / READOUT
-    if path.is_file():  # finished before the run was resumed: model.pt holds its outcome
-        return read_json(path)
+    finished = read_json_if_present(path)
+    if finished is not None:  # finished before the run was resumed: model.pt holds its outcome
+        return finished
     started = time.perf_counter()
     model = run.load_model()
     refitter = Refitter(run, dataset, model)
@@ -365,8 +371,7 @@ def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
 
 def readout_summary(run_dir: Path) -> dict[str, Any] | None:
     """What results.json says of the refit (None without one)."""
-    path = Path(run_dir) / READOUT
-    return read_json(path) if path.is_file() else None
+    return read_json_if_present(Path(run_dir) / READOUT)
 
 
 def _domain_rows(model: TransformerProgram, domain: DomainInputs) -> Rows:

@@ -38,12 +38,12 @@ from typing import Any
 
 import torch
 
-from tprog.data import Dataset, Split
+from tprog.data import Dataset
 from tprog.domain_check import encode_examples
 from tprog.model.layout import Layout
 from tprog.model.program import TransformerProgram
-from tprog.readout import Problem, Refitter
-from tprog.rundir import MODEL, Run, read_json, save_model, write_json
+from tprog.readout import Problem, Refitter, variable_values
+from tprog.rundir import MODEL, Run, read_json_if_present, save_model, write_json
 from tprog.vocab import Vocab
 
 REPAIR = "repair.json"
@@ -60,8 +60,9 @@ def repair_predicates(run: Run, dataset: Dataset) -> dict[str, Any] | None:
     if not cfg.refit_edits:
         return None
     path = run.path / REPAIR
-    if path.is_file():  # finished before the run was resumed: model.pt holds its outcome
-        return read_json(path)
+    finished = read_json_if_present(path)
+    if finished is not None:  # finished before the run was resumed: model.pt holds its outcome
+        return finished
     started = time.perf_counter()
     model = run.load_model()
     refitter = Refitter(run, dataset, model)
@@ -100,8 +101,7 @@ def repair_predicates(run: Run, dataset: Dataset) -> dict[str, Any] | None:
 
 def repair_summary(run_dir: Path) -> dict[str, Any] | None:
     """What results.json says of the predicate edits (None without them)."""
-    path = Path(run_dir) / REPAIR
-    return read_json(path) if path.is_file() else None
+    return read_json_if_present(Path(run_dir) / REPAIR)
 
 
 def edit_predicate(model: TransformerProgram, edit: Edit) -> TransformerProgram:
@@ -179,7 +179,8 @@ def _moving(
     positions = torch.tensor([position for _, position in targets])
 
     def at_targets(edited: TransformerProgram) -> torch.Tensor:
-        return _variables(edited, split)[:, rows, positions]  # [V + U, targets]
+        values = variable_values(edited, split, edited.hard_tables())  # [V + U, B, N]
+        return values[:, rows, positions]  # [V + U, targets]
 
     before = at_targets(model)
     return [
@@ -187,15 +188,6 @@ def _moving(
         for edit in _edits(model, removed)
         if not torch.equal(at_targets(edit_predicate(model, edit)), before)
     ]
-
-
-@torch.no_grad()
-def _variables(model: TransformerProgram, split: Split) -> torch.Tensor:
-    """``[V + U, B, N]``: every variable of the hard model, categorical values then numerical."""
-    cat, num = model.stream(
-        torch.as_tensor(split.ids), torch.as_tensor(split.lengths), None, model.hard_tables()
-    )
-    return torch.cat([chunk.argmax(-1).double() for chunk in cat] + [torch.cat(num).double()])
 
 
 def _rank(refitter: Refitter, model: TransformerProgram, edits: list[Edit]) -> list[Edit]:

@@ -226,6 +226,11 @@ def read_json(path: Path) -> Any:
         raise RunDirError(f"cannot read {path}: {exc.strerror or exc}.") from None
 
 
+def read_json_if_present(path: Path) -> Any:
+    """`read_json` of ``path``, or None where there is no such file (a stage that did not run)."""
+    return read_json(path) if path.is_file() else None
+
+
 def read_lineage(path: Path) -> dict[str, Any] | None:
     """The record of the pruned or refined run that the run in ``path`` continues (None when
     its model is its own training's)."""
