@@ -145,6 +145,13 @@ def _print_results(results: dict, program_path: Path) -> None:
             f"predicate edits: {len(repair['edits'])} kept of {len(repair['tried'])} tried; "
             f"inputs wrong {repair['wrong_before']} -> {repair['wrong_after']}"
         )
+    if results.get("removal"):
+        removal = results["removal"]
+        click.echo(
+            f"removals after the refit: {len(removal['removed'])} kept of "
+            f"{len(removal['tried'])} tried ({', '.join(removal['removed']) or 'none'}); "
+            f"inputs wrong {removal['wrong_before']} -> {removal['wrong_after']}"
+        )
     lines = results["size"]["code_lines"]
     click.echo(
         f"program: {program_path} ({lines['simplified']} code lines, "

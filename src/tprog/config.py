@@ -163,7 +163,16 @@ class TrainConfig(_Section):
     refit_candidates: int = Field(
         4,
         ge=1,
-        description="edits whose refit each step of train.refit_edits tries, best scored first",
+        description="edits (or removals) whose refit each step of train.refit_edits (or "
+        "train.refit_removals) tries, best scored first",
+    )
+    refit_removals: int = Field(
+        0,
+        ge=0,
+        description="after the classifier's refit and its edits, at most this many heads or MLPs "
+        "removed, one at a time, each kept only if the program (its classifier refit when "
+        "needed) leaves no more inputs of the domain wrong (tprog.removal); needs "
+        "train.refit_readout",
     )
 
 
@@ -376,6 +385,11 @@ def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
     if config.train.refit_edits and not config.train.refit_readout:
         raise ConfigError(
             "train.refit_edits follows each edit with the classifier's refit: it needs "
+            "train.refit_readout=true."
+        )
+    if config.train.refit_removals and not config.train.refit_readout:
+        raise ConfigError(
+            "train.refit_removals refits the classifier after each removal: it needs "
             "train.refit_readout=true."
         )
     refine_tau = config.train.refine_tau

@@ -33,6 +33,7 @@ from tprog.program_stats import code_lines, learned_lines, module_counts
 from tprog.prune import describe_change, describe_removals, pruning_summary
 from tprog.readout import readout_summary
 from tprog.refine import refinement_summary
+from tprog.removal import removal_summary
 from tprog.repair import repair_summary
 from tprog.rundir import (
     PROGRAM_JSON,
@@ -122,6 +123,7 @@ def decompile(
         "refinement": refinement_summary(run.path),
         "readout": readout_summary(run.path),
         "repair": repair_summary(run.path),
+        "removal": removal_summary(run.path),
         "continued_from": read_lineage(run.path),
         "machine": platform.machine(),
     }
@@ -268,6 +270,7 @@ def _header(
         *_refined_sentence(run),
         *_readout_sentence(run),
         *_repair_sentence(run),
+        *_removal_sentence(run),
         f"Simplified on {basis.description}: every output there is unchanged."
         + _beyond_basis_sentence(program),
         "Checked equal to the hard model on every train/val/test example.",
@@ -375,6 +378,20 @@ def _repair_sentence(run: Run) -> list[str]:
     ]
 
 
+def _removal_sentence(run: Run) -> list[str]:
+    """A sentence on the modules removed after the refit (train.refit_removals), when searched."""
+    removal = removal_summary(run.path)
+    if removal is None:
+        return []
+    removed = ", ".join(removal["removed"]) or "none"
+    return [
+        f"Heads and MLPs removed after the refit (train.refit_removals, each removal kept only if "
+        f"no more inputs of the domain are then wrong, the classifier refit where needed): "
+        f"{len(removal['tried'])} tried, removed: {removed}; wrong inputs of the domain "
+        f"{removal['wrong_before']} -> {removal['wrong_after']}."
+    ]
+
+
 def _continued_sentence(run: Run) -> list[str]:
     """A sentence on the run this one continued from, when that run was pruned or refined:
     this program's model went through more than its config says."""
@@ -396,6 +413,9 @@ def _continued_sentence(run: Run) -> list[str]:
     if repair and repair["edits"]:
         wrong = f"{repair['wrong_before']} -> {repair['wrong_after']} wrong inputs"
         done.append(f"given {len(repair['edits'])} predicate edits ({wrong})")
+    removal = lineage.get("removal")
+    if removal and removal["removed"]:
+        done.append(f"cut by {len(removal['removed'])} heads and MLPs after its refit")
     return [
         f"Continued (tprog continue) from the run {lineage.get('run')}, which was "
         f"{' and '.join(done) or 'pruned or refined'}; what its model went through is in "

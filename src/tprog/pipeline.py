@@ -22,12 +22,14 @@ from tprog.ir import Program
 from tprog.prune import PRUNING, prune, pruning_summary, removed_modules
 from tprog.readout import READOUT, readout_summary, refit_readout
 from tprog.refine import INHERITED, REFINEMENT, inheritance, refine, refinement_summary
+from tprog.removal import removal_summary, remove_modules
 from tprog.repair import REPAIR, repair_predicates, repair_summary
 from tprog.rundir import (
     CONFIG,
     LINEAGE,
     METRICS,
     PROGRAM_JSON,
+    REMOVAL,
     RUN,
     TIMING,
     VOCAB,
@@ -108,11 +110,18 @@ def _after_training(run: Run, dataset: Dataset, progress: bool) -> Outcome:
     refine(run, dataset, progress=progress)
     refit_readout(run, dataset)
     repair_predicates(run, dataset)
+    remove_modules(run, dataset, progress=progress)
     return decompile(run, dataset=dataset, model=run.load_model())
 
 
 # a stage ran if its log exists
-STAGE_LOGS = {"pruning": PRUNING, "refinement": REFINEMENT, "readout": READOUT, "repair": REPAIR}
+STAGE_LOGS = {
+    "pruning": PRUNING,
+    "refinement": REFINEMENT,
+    "readout": READOUT,
+    "repair": REPAIR,
+    "removal": REMOVAL,
+}
 
 
 def continue_run(
@@ -200,6 +209,7 @@ def _lineage(
         "refinement": refinement,
         "readout": _readout_lineage(source),
         "repair": _repair_lineage(source),
+        "removal": _removal_lineage(source),
         "continued_from": read_lineage(source),
     }
     return record, model.state_dict()
@@ -322,3 +332,10 @@ def _repair_lineage(source: Path) -> dict[str, Any] | None:
     if repair is None:
         return None
     return {key: repair[key] for key in ("wrong_before", "wrong_after", "edits")}
+
+
+def _removal_lineage(source: Path) -> dict[str, Any] | None:
+    removal = removal_summary(source)
+    if removal is None:
+        return None
+    return {key: removal[key] for key in ("wrong_before", "wrong_after", "removed")}

@@ -85,10 +85,12 @@ from tprog.model.sampling import Sampling
 from tprog.rundir import (
     LINEAGE,
     MODEL,
+    REMOVAL,
     Run,
     keep_log_records,
     load_state,
     load_torch_file,
+    read_json_if_present,
     read_lineage,
     read_log,
     save_model,
@@ -490,10 +492,13 @@ def keep_removed(
 
 def removed_modules(run_dir: Path, model: TransformerProgram) -> list[str]:
     """The modules of ``model`` that a finished pruning removed, those removed before a
-    continued run (`inherited_removed`) included; none without pruning."""
+    continued run (`inherited_removed`) and after the classifier's refit (`tprog.removal`)
+    included; none without either."""
+    removal = read_json_if_present(Path(run_dir) / REMOVAL)
+    later = removal["removed"] if removal else []
     state = _State.load(Path(run_dir), model)
     if state is not None and state.finished:
-        return state.removed  # it started from the inherited ones
+        return state.removed + later  # it started from the inherited ones
     inherited = inherited_removed(run_dir)
     unknown = sorted(set(inherited) - set(module_names(model)))
     if unknown:
@@ -501,7 +506,7 @@ def removed_modules(run_dir: Path, model: TransformerProgram) -> list[str]:
             f"{Path(run_dir) / LINEAGE} names heads or MLPs this run's model does not have: "
             f"{', '.join(unknown)}."
         )
-    return inherited
+    return inherited + later
 
 
 def inherited_removed(run_dir: Path) -> list[str]:

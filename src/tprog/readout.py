@@ -272,15 +272,25 @@ class Refitter:
                 f"{self.domain.mode})."
             )
         self.seed = run.config.seed
-        self.removed = removed_modules(run.path, model)
         self.n_cat, self.d_var = len(model.shape.layout.categorical()), model.shape.d_var
         self.groups = column_groups(self.n_cat, self.d_var, len(model.shape.layout.numerical()))
+        self.allowed = ~model.masked.cpu().numpy()
+        self._remove(model, removed_modules(run.path, model))
+
+    def without(self, model: TransformerProgram, removed: list[str]) -> Refitter:
+        """The same linear program with the modules ``removed`` removed (the domain, encoded
+        once, shared)."""
+        other = copy.copy(self)
+        other._remove(model, removed)
+        return other
+
+    def _remove(self, model: TransformerProgram, removed: list[str]) -> None:
+        self.removed = list(removed)
         usable = _usable_columns(model, self.removed, self.groups)
         self.usable = scipy.sparse.diags(usable)
         # variables the classifier may not weigh: a removed module still computes its own
         # variable, and two positions that differ only there are a conflict all the same
         self.unusable_vars = np.unique(self.groups[usable == 0])
-        self.allowed = ~model.masked.cpu().numpy()
 
     def problem(self, model: TransformerProgram) -> Problem:
         """``model``'s rows on the domain, its conflicts, and the linear program's data."""

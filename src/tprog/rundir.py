@@ -42,6 +42,8 @@ PROGRAM_JSON, PROGRAM_PY = "program.json", "program.py"
 TIMING = "timing.jsonl"  # seconds per epoch: kept out of metrics.jsonl, which is deterministic
 # What a continued run's model went through before it (see tprog.pipeline.continue_run).
 LINEAGE = "continued_from.json"
+# The modules removed after the classifier's refit (see tprog.removal); they stay removed.
+REMOVAL = "removal.json"
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
