@@ -399,8 +399,11 @@ def _continued_sentence(run: Run) -> list[str]:
     if lineage is None:
         return []
     done = []
+    removal = lineage.get("removal")
+    after_refit = removal["removed"] if removal else []  # also among lineage["removed"]
     if lineage.get("pruning"):
-        done.append(f"pruned ({len(lineage['removed'])} heads and MLPs removed)")
+        pruned = len(lineage["removed"]) - len(after_refit)
+        done.append(f"pruned ({pruned} heads and MLPs removed)")
     refinement = lineage.get("refinement")
     if refinement:
         rounds = len(refinement["wrong_after_each_round"]) - 1
@@ -412,10 +415,10 @@ def _continued_sentence(run: Run) -> list[str]:
     repair = lineage.get("repair")
     if repair and repair["edits"]:
         wrong = f"{repair['wrong_before']} -> {repair['wrong_after']} wrong inputs"
-        done.append(f"given {len(repair['edits'])} predicate edits ({wrong})")
-    removal = lineage.get("removal")
-    if removal and removal["removed"]:
-        done.append(f"cut by {len(removal['removed'])} heads and MLPs after its refit")
+        n_edits = len(repair["edits"])
+        done.append(f"given {n_edits} predicate edit{'s' * (n_edits != 1)} ({wrong})")
+    if after_refit:
+        done.append(f"cut by {len(after_refit)} heads and MLPs after its refit")
     return [
         f"Continued (tprog continue) from the run {lineage.get('run')}, which was "
         f"{' and '.join(done) or 'pruned or refined'}; what its model went through is in "
