@@ -47,7 +47,7 @@ from tprog.domain_check import DomainInputs
 from tprog.errors import TprogError
 from tprog.model.program import TransformerProgram
 from tprog.prune import removed_modules
-from tprog.rundir import MODEL, Run, read_json_if_present, save_model, write_json
+from tprog.rundir import Run, finish_stage, read_json_if_present
 from tprog.verify import WHOLE_DOMAIN
 
 READOUT = "readout.json"
@@ -348,8 +348,7 @@ def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
     (None when train.refit_readout is off)."""
     if not run.config.train.refit_readout:
         return None
-    path = run.path / READOUT
-    finished = read_json_if_present(path)
+    finished = read_json_if_present(run.path / READOUT)
     if finished is not None:  # finished before the run was resumed: model.pt holds its outcome
         return finished
     started = time.perf_counter()
@@ -372,11 +371,7 @@ def refit_readout(run: Run, dataset: Dataset) -> dict[str, Any] | None:
         "kept": len(after.wrong) <= len(before.wrong),
         **facts,
     }
-    if record["kept"]:
-        save_model(run.path / MODEL, refit, run.config)
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(path, record)
-    return record
+    return finish_stage(run, READOUT, record, refit if record["kept"] else None, started)
 
 
 def readout_summary(run_dir: Path) -> dict[str, Any] | None:

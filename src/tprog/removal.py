@@ -42,7 +42,12 @@ from tprog.model.layout import Layout
 from tprog.model.program import TransformerProgram
 from tprog.prune import hold_removed, module_names
 from tprog.readout import Refitter
-from tprog.rundir import MODEL, REMOVAL, Run, read_json_if_present, save_model, write_json
+from tprog.rundir import (
+    REMOVAL,
+    Run,
+    finish_stage,
+    read_json_if_present,
+)
 
 
 def remove_modules(run: Run, dataset: Dataset, *, progress: bool = True) -> dict[str, Any] | None:
@@ -52,8 +57,7 @@ def remove_modules(run: Run, dataset: Dataset, *, progress: bool = True) -> dict
     cfg = run.config.train
     if not cfg.refit_removals:
         return None
-    path = run.path / REMOVAL
-    finished = read_json_if_present(path)
+    finished = read_json_if_present(run.path / REMOVAL)
     if finished is not None:  # finished before the run was resumed: model.pt holds its outcome
         return finished
     started = time.perf_counter()
@@ -93,11 +97,7 @@ def remove_modules(run: Run, dataset: Dataset, *, progress: bool = True) -> dict
         bar.set_postfix(removed=len(record["removed"]), wrong=wrong)
     bar.close()
     record["wrong_after"] = wrong
-    if record["removed"]:
-        save_model(run.path / MODEL, model, run.config)
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(path, record)
-    return record
+    return finish_stage(run, REMOVAL, record, model if record["removed"] else None, started)
 
 
 def removal_summary(run_dir: Path) -> dict[str, Any] | None:

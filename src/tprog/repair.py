@@ -43,7 +43,7 @@ from tprog.domain_check import encode_examples
 from tprog.model.layout import Layout
 from tprog.model.program import TransformerProgram
 from tprog.readout import Problem, Refitter, variable_values
-from tprog.rundir import MODEL, Run, read_json_if_present, save_model, write_json
+from tprog.rundir import Run, finish_stage, read_json_if_present
 from tprog.vocab import Vocab
 
 REPAIR = "repair.json"
@@ -59,8 +59,7 @@ def repair_predicates(run: Run, dataset: Dataset) -> dict[str, Any] | None:
     cfg = run.config.train
     if not cfg.refit_edits:
         return None
-    path = run.path / REPAIR
-    finished = read_json_if_present(path)
+    finished = read_json_if_present(run.path / REPAIR)
     if finished is not None:  # finished before the run was resumed: model.pt holds its outcome
         return finished
     started = time.perf_counter()
@@ -92,11 +91,7 @@ def repair_predicates(run: Run, dataset: Dataset) -> dict[str, Any] | None:
         wrong, edit, model = best
         record["edits"].append({"edit": describe(edit, model, run.vocab), "wrong_after": wrong})
     record["wrong_after"] = wrong
-    if record["edits"]:
-        save_model(run.path / MODEL, model, run.config)
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(path, record)
-    return record
+    return finish_stage(run, REPAIR, record, model if record["edits"] else None, started)
 
 
 def repair_summary(run_dir: Path) -> dict[str, Any] | None:

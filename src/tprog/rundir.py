@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,19 @@ def read_json(path: Path) -> Any:
 def read_json_if_present(path: Path) -> Any:
     """`read_json` of ``path``, or None where there is no such file (a stage that did not run)."""
     return read_json(path) if path.is_file() else None
+
+
+def finish_stage(
+    run: Run, name: str, record: dict[str, Any], model: TransformerProgram | None, started: float
+) -> dict[str, Any]:
+    """End a stage after training: save ``model`` as model.pt when the stage changed it (not
+    None), then write ``record``, with the seconds since ``started`` (`time.perf_counter`), to
+    ``name`` in the run directory, last: a resumed run that finds it skips the stage."""
+    if model is not None:
+        save_model(run.path / MODEL, model, run.config)
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(run.path / name, record)
+    return record
 
 
 def read_lineage(path: Path) -> dict[str, Any] | None:
