@@ -11,7 +11,7 @@ import torch
 
 from tests.test_cli import tprog
 from tests.test_readout import TINY
-from tests.test_repair import REFIT, trained  # noqa: F401 (a fixture)
+from tests.test_repair import REFIT, tiny_reverse_run
 from tprog.errors import ConfigError
 from tprog.model.layout import Layout
 from tprog.model.program import Shape, TransformerProgram
@@ -23,6 +23,11 @@ from tprog.tasks import task_config
 LAYOUT = Layout(n_layers=2, n_heads_cat=1, n_heads_num=1, n_mlps_cat=1, n_mlps_num=0)
 # categorical stack: tokens 0, positions 1, attn_0_0 2, mlp_0_0 3, attn_1_0 4, mlp_1_0 5
 # numerical stack: ones 0, num_attn_0_0 1, num_attn_1_0 2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return tiny_reverse_run(tmp_path_factory.mktemp("removal") / "reverse")
 
 
 def _chain() -> TransformerProgram:
@@ -75,8 +80,7 @@ def test_removals_need_the_refit(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_continue_with_removals_keeps_the_domain_and_drops_the_modules(
-    trained,  # noqa: F811 (the fixture)
-    tmp_path: Path,
+    trained: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "cut"
     result = tprog(

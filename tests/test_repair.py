@@ -23,13 +23,16 @@ from tprog.train import resolve
 REFIT = ["train.refit_readout=true", "train.refine_holdout=false"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def tiny_reverse_run(out: Path) -> Path:
     """reverse on inputs of at most 3 symbols (155 of them), one layer, trained briefly: the
     refit alone leaves inputs wrong."""
-    out = tmp_path_factory.mktemp("repair") / "reverse"
     train_and_decompile(task_config("reverse", TINY), out, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return tiny_reverse_run(tmp_path_factory.mktemp("repair") / "reverse")
 
 
 @pytest.mark.parametrize("kind", ["cat_attn", "num_attn"])
