@@ -12,11 +12,13 @@ import torch
 from tests.test_cli import tprog
 from tests.test_readout import TINY
 from tests.test_repair import REFIT, tiny_reverse_run
+from tprog import ir
 from tprog.errors import ConfigError
+from tprog.extract import model_to_ir
 from tprog.model.layout import Layout
 from tprog.model.program import Shape, TransformerProgram
 from tprog.pipeline import continue_run, train_and_decompile
-from tprog.removal import live_modules, module_reads, removed_copy
+from tprog.removal import live_modules, removed_copy
 from tprog.rundir import REMOVAL
 from tprog.tasks import task_config
 
@@ -46,16 +48,25 @@ def _chain() -> TransformerProgram:
     return model
 
 
+def _program(model: TransformerProgram) -> ir.Program:
+    return model_to_ir(model, task="chain", vocab=list("_abcde"), labels=["x", "y", "z"])
+
+
+def module_reads(model: TransformerProgram) -> dict[str, list[str]]:
+    """The variables each module of ``model``'s program reads."""
+    return {module.name: list(ir.reads(module)) for module in _program(model).modules}
+
+
 def test_the_live_modules_are_those_the_classifier_weighs_and_those_they_read() -> None:
     model = _chain()
     assert module_reads(model)["attn_1_0"] == ["attn_0_0", "tokens", "mlp_0_0"]
     assert module_reads(model)["attn_0_0"] == ["positions", "tokens", "tokens"]
-    assert live_modules(model, []) == ["attn_0_0", "mlp_0_0", "attn_1_0"]
+    assert live_modules(_program(model), []) == ["attn_0_0", "mlp_0_0", "attn_1_0"]
     # a module the classifier weighs only through a removed reader is not live
-    assert live_modules(model, ["attn_1_0"]) == []
+    assert live_modules(_program(model), ["attn_1_0"]) == []
     with torch.no_grad():
         model.w_num[1, 0] = 0.5  # the classifier weighs num_attn_0_0 too
-    assert live_modules(model, []) == ["attn_0_0", "num_attn_0_0", "mlp_0_0", "attn_1_0"]
+    assert live_modules(_program(model), []) == ["attn_0_0", "num_attn_0_0", "mlp_0_0", "attn_1_0"]
 
 
 def test_a_removed_module_is_read_by_nothing_and_weighed_by_nothing() -> None:
@@ -65,7 +76,7 @@ def test_a_removed_module_is_read_by_nothing_and_weighed_by_nothing() -> None:
     assert all("attn_0_0" not in read for read in reads.values())
     assert reads["attn_1_0"][0] == "mlp_0_0", "the query should read its next choice"
     assert module_reads(model)["attn_1_0"][0] == "attn_0_0", "the model itself changed"
-    assert live_modules(held, ["attn_0_0"]) == ["mlp_0_0", "attn_1_0"]
+    assert live_modules(_program(held), ["attn_0_0"]) == ["mlp_0_0", "attn_1_0"]
     with torch.no_grad():
         model.w_cat[2] = 1.0
     assert removed_copy(model, ["attn_0_0"]).w_cat[2].abs().max() == 0

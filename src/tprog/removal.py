@@ -37,10 +37,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tprog import ir
 from tprog.data import Dataset
-from tprog.model.layout import Layout
+from tprog.extract import model_to_ir
 from tprog.model.program import TransformerProgram
-from tprog.prune import hold_removed, module_names
+from tprog.prune import hold_removed
 from tprog.readout import Refitter
 from tprog.rundir import (
     REMOVAL,
@@ -69,7 +70,7 @@ def remove_modules(run: Run, dataset: Dataset, *, progress: bool = True) -> dict
     bar = tqdm(desc=f"{run.config.task}: removals", unit="try", disable=not progress, leave=False)
     for step in range(1, cfg.refit_removals + 1):
         kept = None
-        for name, conflicts, short in _rank(refitter, model)[: cfg.refit_candidates]:
+        for name, conflicts, short in _rank(run, refitter, model)[: cfg.refit_candidates]:
             trial = refitter.without(model, [*refitter.removed, name])
             held = removed_copy(model, trial.removed)
             n_wrong, refit = len(trial.domain.check(held).wrong), False
@@ -112,64 +113,27 @@ def removed_copy(model: TransformerProgram, removed: list[str]) -> TransformerPr
     return held
 
 
-def live_modules(model: TransformerProgram, removed: list[str]) -> list[str]:
-    """The modules, in creation order, whose variable the classifier weighs or a live module
-    reads (by the model's argmax reads); ``removed`` ones are never live."""
-    layout = model.shape.layout
-    live = {
-        var.name
-        for var, weights in [
-            *zip(layout.categorical(), model.w_cat, strict=True),
-            *zip(layout.numerical(), model.w_num, strict=True),
-        ]
-        if bool(weights.abs().max() > 0)
-    }
-    reads = module_reads(model)
-    for name in reversed(module_names(model)):
-        if name in live and name not in removed:
-            live.update(reads[name])
-    return [name for name in module_names(model) if name in live and name not in removed]
+def live_modules(program: ir.Program, removed: list[str]) -> list[str]:
+    """The modules of ``program``, in order, whose variable the classifier weighs or a live
+    module reads; ``removed`` ones are never live."""
+    classifier = program.classifier
+    live = {name for name, rows in classifier.categorical.items() if any(map(any, rows))}
+    live |= {name for name, row in classifier.numerical.items() if any(row)}
+    for module in reversed(program.modules):  # a module reads only those before it
+        if module.name in live and module.name not in removed:
+            live.update(ir.reads(module))
+    return [module.name for module in program.modules if module.name in live - set(removed)]
 
 
-def module_reads(model: TransformerProgram) -> dict[str, list[str]]:
-    """The variables each head (query, key, value) and MLP (its two inputs) reads."""
-    layout = model.shape.layout
-    cat = [var.name for var in layout.categorical()]  # in stack order
-    num = [var.name for var in layout.numerical()]
-    reads: dict[str, list[str]] = {}
-    for layer, block in enumerate(model.blocks):
-        # a head's query and key are categorical; its value is of its own kind
-        for heads, kind, values in (
-            (block.cat_attn, "categorical", cat),
-            (block.num_attn, "numerical", num),
-        ):
-            if heads is not None:
-                chosen = heads.chosen()
-                for head, (query, key, value) in enumerate(
-                    zip(chosen["query"], chosen["key"], chosen["value"], strict=True)
-                ):
-                    reads[Layout.head_name(layer, head, kind)] = [
-                        cat[query],
-                        cat[key],
-                        values[value],
-                    ]
-        # an MLP's two inputs are of its own kind
-        for mlps, kind, inputs in (
-            (block.cat_mlp, "categorical", cat),
-            (block.num_mlp, "numerical", num),
-        ):
-            if mlps is not None:
-                for mlp, (a, b) in enumerate(mlps.chosen()):
-                    reads[Layout.mlp_name(layer, mlp, kind)] = [inputs[a], inputs[b]]
-    return reads
-
-
-def _rank(refitter: Refitter, model: TransformerProgram) -> list[tuple[str, int, int]]:
+def _rank(run: Run, refitter: Refitter, model: TransformerProgram) -> list[tuple[str, int, int]]:
     """The live modules as ``(name, conflicts, short)``, best first by (conflicts, rows the
     current classifier puts short) with each removed, those that add conflicts left out."""
     conflicts_now = len(refitter.problem(model).conflicts)
+    program = model_to_ir(
+        model, task=run.config.task, vocab=run.vocab.tokens, labels=run.labels.tokens
+    )
     scored = []
-    for name in live_modules(model, refitter.removed):
+    for name in live_modules(program, refitter.removed):
         trial = refitter.without(model, [*refitter.removed, name])
         held = removed_copy(model, trial.removed)
         problem = trial.problem(held)
