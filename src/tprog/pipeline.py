@@ -207,9 +207,11 @@ def _lineage(
         "removed": removed_modules(source, model),
         "pruning": pruning,
         "refinement": refinement,
-        "readout": _readout_lineage(source),
-        "repair": _repair_lineage(source),
-        "removal": _removal_lineage(source),
+        "readout": _picked(
+            readout_summary(source), ("wrong_before", "wrong_after", "kept", "n_conflicts")
+        ),
+        "repair": _picked(repair_summary(source), ("wrong_before", "wrong_after", "edits")),
+        "removal": _picked(removal_summary(source), ("wrong_before", "wrong_after", "removed")),
         "continued_from": read_lineage(source),
     }
     return record, model.state_dict()
@@ -320,22 +322,6 @@ def verify_dir(
     return report
 
 
-def _readout_lineage(source: Path) -> dict[str, Any] | None:
-    readout = readout_summary(source)
-    if readout is None:
-        return None
-    return {key: readout[key] for key in ("wrong_before", "wrong_after", "kept", "n_conflicts")}
-
-
-def _repair_lineage(source: Path) -> dict[str, Any] | None:
-    repair = repair_summary(source)
-    if repair is None:
-        return None
-    return {key: repair[key] for key in ("wrong_before", "wrong_after", "edits")}
-
-
-def _removal_lineage(source: Path) -> dict[str, Any] | None:
-    removal = removal_summary(source)
-    if removal is None:
-        return None
-    return {key: removal[key] for key in ("wrong_before", "wrong_after", "removed")}
+def _picked(summary: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """What a continued run's lineage keeps of a stage's record: ``keys`` (None without one)."""
+    return None if summary is None else {key: summary[key] for key in keys}
