@@ -313,7 +313,8 @@ def build_config(task: str, layers: Sequence[Mapping[str, Any]]) -> RunConfig:
 
 def post_training_keys() -> list[str]:
     """The keys of the stages after training (pruning, refinement, the classifier's refit and
-    the predicate edits after it): changing them leaves the trained model as it is."""
+    the predicate edits and module removals after it): changing them leaves the trained model
+    as it is."""
     stages = ("prune", "refine", "refit")
     return [f"train.{key}" for key in TrainConfig.model_fields if key.startswith(stages)]
 
@@ -382,16 +383,12 @@ def check_feasible(config: RunConfig, vocab_size: int, n_labels: int) -> int:
             "inputs included, so test accuracy is not held out: set train.refine_holdout=false "
             "to say so."
         )
-    if config.train.refit_edits and not config.train.refit_readout:
-        raise ConfigError(
-            "train.refit_edits follows each edit with the classifier's refit: it needs "
-            "train.refit_readout=true."
-        )
-    if config.train.refit_removals and not config.train.refit_readout:
-        raise ConfigError(
-            "train.refit_removals refits the classifier after each removal: it needs "
-            "train.refit_readout=true."
-        )
+    for key, step in (("refit_edits", "edit"), ("refit_removals", "removal")):
+        if getattr(config.train, key) and not config.train.refit_readout:
+            raise ConfigError(
+                f"train.{key} refits the classifier after each {step}: it needs "
+                "train.refit_readout=true."
+            )
     refine_tau = config.train.refine_tau
     if config.train.refine and refine_tau is not None and config.train.tau_end > refine_tau:
         raise ConfigError("train.tau_end must not exceed train.refine_tau (rounds anneal too).")
