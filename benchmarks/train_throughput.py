@@ -10,6 +10,10 @@ training steps are timed.
 time of every aten operator (forward and backward) as it runs, which is what a step pays.
 (torch.profiler's table, tried first, charged the operators that allocate a large output up to
 20x what they take when timed alone or inside training, so it pointed at the wrong places.)
+It ends with the step's floor: the floating-point operations of its matrix products
+(``torch.utils.flop_counter``) and the bytes its operators read and write, against what this
+machine's threads reach on a large matrix product and a large copy. A step can be no faster
+than either figure allows while it runs the same operators, each one pass over memory.
 ``--step-cost`` also times training steps at batch sizes 64 to 512 and fits
 ``seconds per step = fixed + per_example * batch``: the part a step pays whatever its size
 (operator dispatch, autograd, the optimiser) against the part that grows with the data.
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 from _common import emit
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from tprog.rundir import Run
 from tprog.tasks import task_config
@@ -115,22 +120,60 @@ def _training_state(config, dataset):
 
 
 class _OperatorClock(TorchDispatchMode):
-    """Wall time and calls per (aten operator, input shapes), forward and backward alike."""
+    """Wall time, calls and memory traffic per (aten operator, input shapes), forward and
+    backward alike."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
         self.calls: dict[tuple[str, str], int] = defaultdict(int)
+        # read and written by operators that compute (views move nothing)
+        self.bytes: dict[tuple[str, str], int] = defaultdict(int)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         started = time.perf_counter()
         out = func(*args, **(kwargs or {}))
         elapsed = time.perf_counter() - started
-        shapes = ", ".join(str(list(a.shape)) for a in args if isinstance(a, torch.Tensor))
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        shapes = ", ".join(str(list(a.shape)) for a in tensors)
         key = (str(func.overloadpacket.__name__), shapes)
         self.seconds[key] += elapsed
         self.calls[key] += 1
+        if not func.is_view:
+            outs = out if isinstance(out, (list, tuple)) else [out]
+            touched = [t for t in [*tensors, *outs] if isinstance(t, torch.Tensor)]
+            self.bytes[key] += sum(_footprint(t) for t in touched)
         return out
+
+
+def _footprint(tensor: torch.Tensor) -> int:
+    """Bytes an operator touches reading or writing ``tensor``: a broadcast (stride 0) operand
+    counts once, not once per use."""
+    distinct = math.prod(
+        n for n, stride in zip(tensor.shape, tensor.stride(), strict=True) if stride
+    )
+    return distinct * tensor.element_size()
+
+
+def _machine_rates(repeats: int = 20) -> tuple[float, float]:
+    """(GFLOP/s of a 1024 x 1024 float32 matrix product, GB/s read and written by a copy of
+    64 MB) with torch's current threads: what this machine reaches on operators large enough
+    to run at its best."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    source, target = torch.randn(1 << 24), torch.empty(1 << 24)
+
+    def best(operation) -> float:
+        operation()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            operation()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    gflops = 2 * 1024**3 / best(lambda: a @ b) / 1e9
+    gbytes = 2 * source.nbytes / best(lambda: target.copy_(source)) / 1e9
+    return gflops, gbytes
 
 
 def print_profile(config, dataset, rows: int = 25) -> None:
@@ -167,6 +210,28 @@ def print_profile(config, dataset, rows: int = 25) -> None:
             f"{1000 * seconds / steps:8.2f} {seconds / total:6.1%} {clock.calls[key] / steps:6.1f}"
             f"  {key[0]} ({key[1]})"
         )
+    with FlopCounterMode(display=False) as flops:
+        epoch()
+    print_floor(
+        flops.get_total_flops() / steps,
+        sum(clock.bytes.values()) / steps,
+        1000 * plain / steps,
+        config,
+    )
+
+
+def print_floor(flops: float, traffic: float, ms_per_step: float, config) -> None:
+    """What the step's matrix products and memory traffic allow on this machine, against the
+    step it takes and the issue's 25,000 examples/s."""
+    gflops, gbytes = _machine_rates()
+    target_ms = 1000 * config.train.batch_size / 25_000
+    print(
+        f"\nfloor of a step: matrix products {flops / 1e6:.0f} MFLOP, at {gflops:.0f} GFLOP/s "
+        f"(a 1024 x 1024 product here) {flops / gflops / 1e6:.1f} ms; operators read and write "
+        f"{traffic / 1e6:.0f} MB, at {gbytes:.1f} GB/s (a 64 MB copy here) "
+        f"{traffic / gbytes / 1e6:.1f} ms; a step takes {ms_per_step:.1f} ms, and 25,000 "
+        f"examples/s needs {target_ms:.1f} ms"
+    )
 
 
 if __name__ == "__main__":
