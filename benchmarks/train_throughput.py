@@ -155,12 +155,12 @@ def _footprint(tensor: torch.Tensor) -> int:
     return distinct * tensor.element_size()
 
 
-def _machine_rates(repeats: int = 20) -> tuple[float, float]:
-    """(GFLOP/s of a 1024 x 1024 float32 matrix product, GB/s read and written by a copy of
-    64 MB) with torch's current threads: what this machine reaches on operators large enough
-    to run at its best."""
+def _machine_rates(repeats: int = 20) -> tuple[float, float, float]:
+    """What this machine reaches, with torch's current threads, on operators large enough to
+    run at their best: GFLOP/s of a 1024 x 1024 float32 matrix product, and GB/s read and
+    written by a copy of 2 MB (in cache, as most of a step's operands are) and of 64 MB (from
+    memory)."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    source, target = torch.randn(1 << 24), torch.empty(1 << 24)
 
     def best(operation) -> float:
         operation()
@@ -171,9 +171,12 @@ def _machine_rates(repeats: int = 20) -> tuple[float, float]:
             times.append(time.perf_counter() - started)
         return min(times)
 
-    gflops = 2 * 1024**3 / best(lambda: a @ b) / 1e9
-    gbytes = 2 * source.nbytes / best(lambda: target.copy_(source)) / 1e9
-    return gflops, gbytes
+    def copy_rate(megabytes: int) -> float:
+        source = torch.randn(megabytes << 18)  # 4-byte floats
+        target = torch.empty_like(source)
+        return 2 * source.nbytes / best(lambda: target.copy_(source)) / 1e9
+
+    return 2 * 1024**3 / best(lambda: a @ b) / 1e9, copy_rate(2), copy_rate(64)
 
 
 def print_profile(config, dataset, rows: int = 25) -> None:
@@ -223,15 +226,15 @@ def print_profile(config, dataset, rows: int = 25) -> None:
 def print_floor(flops: float, traffic: float, ms_per_step: float, config) -> None:
     """What the step's matrix products and memory traffic allow on this machine, against the
     step it takes and the issue's 25,000 examples/s."""
-    gflops, gbytes = _machine_rates()
+    gflops, in_cache, in_memory = _machine_rates()
+    products = f"matrix products {flops / 1e6:.0f} MFLOP, {flops / gflops / 1e6:.1f} ms"
+    products += f" at {gflops:.0f} GFLOP/s (a 1024 x 1024 product here)"
+    moved = f"operators read and write {traffic / 1e6:.0f} MB"
+    moved += f", {traffic / in_cache / 1e6:.1f} ms at {in_cache:.0f} GB/s (a 2 MB copy)"
+    moved += f" to {traffic / in_memory / 1e6:.1f} ms at {in_memory:.0f} GB/s (64 MB)"
     target_ms = 1000 * config.train.batch_size / 25_000
-    print(
-        f"\nfloor of a step: matrix products {flops / 1e6:.0f} MFLOP, at {gflops:.0f} GFLOP/s "
-        f"(a 1024 x 1024 product here) {flops / gflops / 1e6:.1f} ms; operators read and write "
-        f"{traffic / 1e6:.0f} MB, at {gbytes:.1f} GB/s (a 64 MB copy here) "
-        f"{traffic / gbytes / 1e6:.1f} ms; a step takes {ms_per_step:.1f} ms, and 25,000 "
-        f"examples/s needs {target_ms:.1f} ms"
-    )
+    print(f"\nfloor of a step: {products}; {moved}.")
+    print(f"A step takes {ms_per_step:.1f} ms; 25,000 examples/s needs {target_ms:.1f} ms.")
 
 
 if __name__ == "__main__":
