@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from tprog.model.layers import batched_matmul, read_vars
-from tprog.model.sampling import Sampling, choose, one_hot_argmax, softmax_at
+from tprog.model.sampling import (
+    Sampling,
+    choose,
+    one_hot_argmax,
+    softmax_at,
+    with_gumbel_noise,
+)
 
 
 @pytest.mark.parametrize(
@@ -77,6 +83,16 @@ def test_straight_through_is_the_argmax_forward_and_the_softmax_back(noise):
     (straight_grad,) = torch.autograd.grad((straight * upstream).sum(), x)
     torch.testing.assert_close(straight_grad, soft_grad)
     assert soft_grad.abs().max() > 0.01
+
+
+def test_gumbel_noise_is_minus_log_minus_log_of_the_generators_uniforms_bit_for_bit():
+    """Runs trained before the noise lost its last negation train the same way now: the noisy
+    logits equal ``logits + -log(-log(u))`` exactly, for the same draws."""
+    logits = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    noisy = with_gumbel_noise(logits, Sampling(0.5, torch.Generator().manual_seed(2)))
+    uniform = torch.rand(64, 8, generator=torch.Generator().manual_seed(2))
+    gumbel = uniform.clamp(min=1e-20, max=1.0 - 1e-7).log().neg().log().neg()
+    assert torch.equal(noisy, logits + gumbel)
 
 
 def test_importing_tprog_flushes_subnormals_in_every_thread():

@@ -61,15 +61,16 @@ def read_vars(chunks: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Te
 
     The stream is the concatenation of its chunks along dim 0, never materialised: each chunk
     is one GEMM over its flattened rows (no copies, which is why the stream is variable-major),
-    and the layer appending a chunk does not copy the ones before it.
+    and the layer appending a chunk does not copy the ones before it. The weights are split in
+    one operation rather than sliced per chunk: backward then joins their gradients in one copy
+    instead of padding each slice's gradient to full width and adding them up (the same values).
     """
     rest = chunks[0].shape[1:]
-    out, start = None, 0
-    for chunk in chunks:
+    parts = weights.split([chunk.shape[0] for chunk in chunks], dim=1)  # [R, V_c] views
+    out = None
+    for chunk, part in zip(chunks, parts, strict=True):
         rows = chunk.reshape(chunk.shape[0], -1)  # [V_c, prod(rest)], a view
-        part = weights[:, start : start + chunk.shape[0]]
         out = part @ rows if out is None else torch.addmm(out, part, rows)
-        start += chunk.shape[0]
     return out.view(weights.shape[0], *rest)
 
 

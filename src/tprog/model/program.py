@@ -121,13 +121,13 @@ class TransformerProgram(nn.Module):
         if sampling is not None:
             batch, n = ids.shape
             logits = read_vars(num, self.w_num.T).permute(1, 2, 0)  # [B, N, n_labels]
-            start = 0
-            for chunk in cat:  # [V_c, B, N, k] x [V_c, k, n_labels], summed over variables
-                weights = self.w_cat[start : start + chunk.shape[0]]
+            # [V_c, B, N, k] x [V_c, k, n_labels], summed over variables (split, not sliced per
+            # chunk: see `read_vars`)
+            parts = self.w_cat.split([chunk.shape[0] for chunk in cat])
+            for chunk, weights in zip(cat, parts, strict=True):
                 logits = logits + (chunk.view(chunk.shape[0], batch * n, -1) @ weights).sum(0).view(
                     batch, n, -1
                 )
-                start += chunk.shape[0]
             # A large finite value, not -inf: the loss multiplies masked positions by zero.
             return logits.masked_fill(self.masked, -1e9)
         return self._hard_logits(cat, num)

@@ -87,10 +87,11 @@ def with_gumbel_noise(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     noise = torch.rand(
         logits.shape, generator=sampling.generator, dtype=logits.dtype, device=logits.device
     )
-    # Gumbel noise -log(-log(u)), computed in place on the fresh draw. Clamping keeps it finite
-    # at u == 0 without biasing any realistic draw.
-    noise.clamp_(min=1e-20, max=1.0 - 1e-7).log_().neg_().log_().neg_()
-    return logits + noise
+    # Gumbel noise -log(-log(u)), computed in place on the fresh draw and subtracted without
+    # its last negation (a - b is a + (-b), bit for bit). Clamping keeps it finite at u == 0
+    # without biasing any realistic draw.
+    noise.clamp_(min=1e-20, max=1.0 - 1e-7).log_().neg_().log_()
+    return logits - noise
 
 
 def choose(logits: torch.Tensor, sampling: Sampling | None) -> torch.Tensor:
