@@ -18,7 +18,8 @@ from tprog.extract import model_to_ir
 from tprog.model.layout import Layout
 from tprog.model.program import Shape, TransformerProgram
 from tprog.pipeline import continue_run, train_and_decompile
-from tprog.removal import live_modules, removed_copy
+from tprog.prune import removed_copy
+from tprog.removal import live_modules
 from tprog.rundir import REMOVAL
 from tprog.tasks import task_config
 

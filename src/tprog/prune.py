@@ -190,8 +190,7 @@ class _State:
         names = [name for name in module_names(model) if name not in inherited]
         scores = {}
         for name in names:
-            trial = _copy(model)
-            hold_removed(trial, [*inherited, name])
+            trial = removed_copy(model, [*inherited, name])
             scores[name] = judge.val_accuracy(trial)
         order = sorted(names, key=lambda name: -scores[name])  # sorted() is stable
         state = cls(order, 0, list(inherited), judge.figures(model))
@@ -250,9 +249,8 @@ def _attempt(
     without fine-tuning; either way advance ``state`` and return the attempt's record."""
     cfg = session.config.train
     state.step += 1
-    trial = _copy(session.model)
     removed = [*state.removed, module]
-    hold_removed(trial, removed)
+    trial = removed_copy(session.model, removed)
     figures, wrong = judge.measure(trial, state.reference)
     record: dict[str, Any] = {"step": state.step, "module": module}
     record |= {f"{name.removesuffix('_accuracy')}_without": x for name, x in figures.items()}
@@ -580,9 +578,11 @@ def describe_change(pruning: dict[str, Any]) -> str:
     return text
 
 
-def _copy(model: TransformerProgram) -> TransformerProgram:
+def removed_copy(model: TransformerProgram, removed: list[str]) -> TransformerProgram:
+    """A copy of ``model``, in eval mode, with the modules ``removed`` removed."""
     trial = copy.deepcopy(model)
     trial.eval()
+    hold_removed(trial, removed)
     return trial
 
 

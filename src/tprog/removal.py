@@ -30,7 +30,6 @@ any was kept, and the modules stay removed in runs continued from this one.
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from tprog import ir
 from tprog.data import Dataset
 from tprog.extract import model_to_ir
 from tprog.model.program import TransformerProgram
-from tprog.prune import hold_removed
+from tprog.prune import removed_copy
 from tprog.readout import Refitter
 from tprog.rundir import (
     REMOVAL,
@@ -104,13 +103,6 @@ def remove_modules(run: Run, dataset: Dataset, *, progress: bool = True) -> dict
 def removal_summary(run_dir: Path) -> dict[str, Any] | None:
     """What results.json says of the removals (None without them)."""
     return read_json_if_present(Path(run_dir) / REMOVAL)
-
-
-def removed_copy(model: TransformerProgram, removed: list[str]) -> TransformerProgram:
-    """A copy of ``model`` with the modules ``removed`` removed."""
-    held = copy.deepcopy(model)
-    hold_removed(held, removed)
-    return held
 
 
 def live_modules(program: ir.Program, removed: list[str]) -> list[str]:
