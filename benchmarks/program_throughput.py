@@ -7,7 +7,8 @@ interpreter (all inputs at once).
 Each figure is the median of ``--repeat`` timings, after one untimed call on 100 inputs (which
 fills the module's caches and imports numpy); the interpreter's includes encoding the inputs. A
 module generated before `run_batch` existed reports ``null`` for it. Without an existing run
-directory it first trains a short sort run (realistic program size).
+directory (no ``--run``, and no runs/sort-s0) it first trains a short sort run (realistic program
+size).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from tprog.interpret import predict_ids
 from tprog.pipeline import load_program
 from tprog.tasks import get_task
 from tprog.vocab import encode_batch
+
+DEFAULT_RUN = Path("runs/sort-s0")  # used if present; otherwise a short run is trained
 
 
 def sort_inputs(run_dir: Path, n: int) -> list[list[str]]:
@@ -74,14 +77,17 @@ def measure(run_dir: Path, n: int, repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", type=Path, default=Path("runs/sort-s0"))
+    parser.add_argument("--run", type=Path, help=f"a sort run directory [{DEFAULT_RUN}]")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument(
         "--repeat", type=int, default=1, help="module timings to take the median of"
     )
     args = parser.parse_args()
-    if (args.run / "program.py").is_file():
-        measure(args.run, args.n, args.repeat)
+    if args.run is not None and not (args.run / "program.py").is_file():
+        parser.error(f"{args.run} holds no program.py: give a run directory tprog wrote.")
+    run_dir = args.run or DEFAULT_RUN
+    if (run_dir / "program.py").is_file():
+        measure(run_dir, args.n, args.repeat)
         return
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "sort"

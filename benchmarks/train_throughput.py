@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -35,6 +36,7 @@ from _common import emit
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from tprog.errors import TprogError
 from tprog.rundir import Run
 from tprog.tasks import task_config
 from tprog.tasks.registry import get_task
@@ -238,4 +240,7 @@ def print_floor(flops: float, traffic: float, ms_per_step: float, config) -> Non
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TprogError as error:  # an unknown task, say: one sentence, as tprog gives it
+        sys.exit(f"error: {error}")

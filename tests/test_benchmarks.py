@@ -60,3 +60,18 @@ def test_protocol_program_and_memory_benchmarks_print_their_figures(tmp_path):
     records, _ = _run("peak_memory.py", "--task", "sort", "train.epochs=1")
     (memory,) = records
     assert 50 < memory["peak_rss_mib"] < 4096
+
+
+def test_bad_input_gets_one_sentence(tmp_path):
+    for script, args, sentence in (
+        ("train_throughput.py", ("--task", "nosuchtask"), "error: unknown task 'nosuchtask'"),
+        ("program_throughput.py", ("--run", str(tmp_path)), "holds no program.py"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(BENCHMARKS / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode != 0 and not done.stdout
+        assert sentence in done.stderr and "Traceback" not in done.stderr
