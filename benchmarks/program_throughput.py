@@ -6,7 +6,8 @@ interpreter (all inputs at once).
 
 Each figure is the median of ``--repeat`` timings, after one untimed call on 100 inputs (which
 fills the module's caches and imports numpy); the interpreter's includes encoding the inputs. A
-module generated before `run_batch` existed reports ``null`` for it. Without an existing run
+module generated before `run_batch` existed reports ``null`` for it, and a program without its
+IR (program.json; the program folders under results/programs) ``null`` for the interpreter. Without an existing run
 directory (no ``--run``, and no runs/sort-s0) it first trains a short sort run (realistic program
 size).
 """
@@ -59,19 +60,22 @@ def measure(run_dir: Path, n: int, repeat: int) -> None:
     if hasattr(module, "run_batch"):
         batched = _examples_per_s(module.run_batch, inputs, repeat)
 
-    program = load_program(run_dir)
+    interpreted = None
+    if (run_dir / "program.json").is_file():  # a program copied out of its run has no IR
+        program = load_program(run_dir)
 
-    def interpret(xs: list[list[str]]) -> None:
-        ids, lengths = encode_batch(xs, program.vocab, program.n_ctx, program.unk)
-        predict_ids(program, ids, lengths)
+        def interpret(xs: list[list[str]]) -> None:
+            ids, lengths = encode_batch(xs, program.vocab, program.n_ctx, program.unk)
+            predict_ids(program, ids, lengths)
 
+        interpreted = _examples_per_s(interpret, inputs, repeat)
     emit(
         "program_throughput",
         run=str(run_dir),
         inputs=n,
         module_examples_per_s=per_call,
         module_batch_examples_per_s=batched,
-        interpreter_examples_per_s=_examples_per_s(interpret, inputs, repeat),
+        interpreter_examples_per_s=interpreted,
     )
 
 

@@ -75,3 +75,13 @@ def test_bad_input_gets_one_sentence(tmp_path):
         )
         assert done.returncode != 0 and not done.stdout
         assert sentence in done.stderr and "Traceback" not in done.stderr
+
+
+def test_program_throughput_times_a_program_folder_without_its_ir():
+    """A program copied out of its run (results/programs/*) has no program.json: the module is
+    timed, the interpreter reported as null."""
+    folder = BENCHMARKS.parent / "results" / "programs" / "hist-s0-refit"
+    records, _ = _run("program_throughput.py", "--run", str(folder), "--n", "200")
+    (programs,) = records
+    assert programs["module_examples_per_s"] > 0 and programs["module_batch_examples_per_s"] > 0
+    assert programs["interpreter_examples_per_s"] is None

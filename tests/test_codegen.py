@@ -206,7 +206,7 @@ def tripped(*args, **kwargs):
 real_import = builtins.__import__
 
 
-allowed = ["runpy", "json", "pathlib"]
+allowed = ["runpy", "json", "pathlib", "bisect"]
 
 
 def guarded_import(name, globals=None, *args, **kwargs):
@@ -266,7 +266,11 @@ def all_imports(source: str) -> set[str]:
 
 
 def test_the_runtime_imports_the_standard_library_and_numpy_only_for_batches() -> None:
-    assert top_level_imports(RUNTIME_SOURCE) == ["import json", "from pathlib import Path"]
+    assert top_level_imports(RUNTIME_SOURCE) == [
+        "import json",
+        "from bisect import bisect_right",
+        "from pathlib import Path",
+    ]
     assert all_imports(RUNTIME_SOURCE) == {*top_level_imports(RUNTIME_SOURCE), "import numpy as np"}
     tree = ast.parse(RUNTIME_SOURCE)
     uses_numpy = {  # the functions that import numpy: run_batch and its numpy helpers only

@@ -11,12 +11,15 @@ The helpers take one input's variables as lists (run), or a batch's as numpy arr
 """
 
 import json
+from bisect import bisect_right
 from pathlib import Path
 
 # Bounds the [inputs, n, n] selection arrays run_batch makes at once.
 _MOST_SELECTED = 2**22
 _ORDERS = {}  # (n, causal) -> preference_order(n, causal)
 _RANKS = {}  # (n, causal) -> _ranks(n, causal)
+# Bounds the labels run remembers, per tuple of the classifier's variable values.
+_MOST_DECIDED = 2**16
 
 # What bind() gives a program, in this order.
 BOUND_NAMES = (
@@ -64,7 +67,14 @@ def aggregate_sum(selection, values):
     """Per query, the sum of the values at all its selected positions."""
     if not isinstance(values, list):
         return _aggregate_sum_batch(selection, values)
-    return [sum([values[j] for j in selected]) for selected in selection]
+    sums = {}  # id(list of positions) -> its sum: queries may share a list (see select)
+    out = []
+    for selected in selection:
+        total = sums.get(id(selected))
+        if total is None:
+            total = sums[id(selected)] = sum([values[j] for j in selected])
+        out.append(total)
+    return out
 
 
 class Runtime:
@@ -96,6 +106,7 @@ class Runtime:
         for name, rows in self.categorical.items():
             values = self.vocab if name in self.token_valued else self.integers
             self.rows[name] = dict(zip(values, rows, strict=False))  # rows: d_var or |vocab|
+        self.decided = {}  # classifier variable values (terms order) -> label (run)
         self.weights = {}  # classifier variable -> its weights as a numpy array (run_batch)
         self.matches = {}  # (predicate, queries are tokens, keys are tokens) -> match_table
 
@@ -139,11 +150,16 @@ class Runtime:
         if not isinstance(keys, list):
             return self._select_batch(keys, queries, predicate)
         table = self.match_table(predicate, queries, keys)
+        matching = {}  # per set of wanted key values, the positions of the keys in it
         selection = []
         for i, query in enumerate(queries):
             wanted = table[query]
-            allowed = keys[: i + 1] if self.causal else keys
-            selection.append([j for j, key in enumerate(allowed) if key in wanted])
+            positions = matching.get(wanted)
+            if positions is None:
+                positions = matching[wanted] = [j for j, key in enumerate(keys) if key in wanted]
+            # Queries wanting the same keys share one list (read, never changed, by aggregate
+            # and aggregate_sum); causal, each keeps the part up to itself.
+            selection.append(positions[: bisect_right(positions, i)] if self.causal else positions)
         return selection
 
     def apply(self, function, xs, ys):
@@ -158,24 +174,35 @@ class Runtime:
         rounding); masked labels never win and ties go to the lowest label index."""
         if not isinstance(columns["tokens"], list):
             return self._classify_batch(columns)
-        for name, weights in self.numerical.items():
-            for value in columns[name]:
-                if value not in self.rows[name]:
-                    self.rows[name][value] = [weight * value for weight in weights]
-        per_term = [[self.rows[name][value] for value in columns[name]] for name in self.terms]
         labels = []
-        for rows in zip(*per_term, strict=True):  # one position's weight rows, in terms order
-            logits = []
-            for label, masked in enumerate(self.masked):
-                if masked:
-                    logits.append(float("-inf"))
-                    continue
-                logit = 0.0
-                for row in rows:  # not sum(): since Python 3.12 it compensates rounding errors
-                    logit += row[label]
-                logits.append(logit)
-            labels.append(self.labels[max(range(len(logits)), key=logits.__getitem__)])
+        for values in zip(*[columns[name] for name in self.terms], strict=True):
+            # Positions often hold the same values: each such tuple is decided once.
+            label = self.decided.get(values)
+            if label is None:
+                if len(self.decided) >= _MOST_DECIDED:
+                    self.decided.clear()
+                label = self.decided[values] = self.decide(values)
+            labels.append(label)
         return labels
+
+    def decide(self, values):
+        """The label of one position whose classifier variables hold ``values`` (terms order)."""
+        rows = []  # the weights each variable adds, one per label
+        for name, value in zip(self.terms, values, strict=True):
+            row = self.rows[name].get(value)
+            if row is None:  # a numerical variable's value, seen for the first time
+                row = self.rows[name][value] = [weight * value for weight in self.numerical[name]]
+            rows.append(row)
+        logits = []
+        for label, masked in enumerate(self.masked):
+            if masked:
+                logits.append(float("-inf"))
+                continue
+            logit = 0.0
+            for row in rows:  # not sum(): since Python 3.12 it compensates rounding errors
+                logit += row[label]
+            logits.append(logit)
+        return self.labels[max(range(len(logits)), key=logits.__getitem__)]
 
     def check_input(self, tokens):
         """The tokens to run on (unknown ones become unk), or ValueError naming the problem."""
