@@ -7,9 +7,9 @@ interpreter (all inputs at once).
 Each figure is the median of ``--repeat`` timings, after one untimed call on 100 inputs (which
 fills the module's caches and imports numpy); the interpreter's includes encoding the inputs. A
 module generated before `run_batch` existed reports ``null`` for it, and a program without its
-IR (program.json; the program folders under results/programs) ``null`` for the interpreter. Without an existing run
-directory (no ``--run``, and no runs/sort-s0) it first trains a short sort run (realistic program
-size).
+IR (program.json: the program folders under results/programs) ``null`` for the interpreter.
+Without an existing run directory (no ``--run``, and no runs/sort-s0) it first trains a short
+sort run (realistic program size).
 """
 
 from __future__ import annotations
